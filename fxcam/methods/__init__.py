@@ -99,5 +99,6 @@ def describe() -> dict[str, str]:
 
 # registration happens on import of the method modules
 from . import activation, gradient, smooth  # noqa: E402,F401
+from . import perturbation, transformer, other  # noqa: E402,F401
 
 __all__ = ["Method", "register", "get", "available", "describe"]
