@@ -18,6 +18,8 @@ from . import methods as _methods
 from . import ops, reshape as _reshape, targets as _targets
 from .errors import FxcamError
 from .passes import Split, deinplace, insert_taps, split_at
+from .passes.attention import attention_nodes, explicit_attention
+from .passes.bias import bias_layers, effective_bias
 from .trace import Layer, resolve_layers, trace
 
 AUG_FACTORS = (0.9, 1.0, 1.1)  # pytorch-grad-cam's aug_smooth: horizontal flip x these multipliers
@@ -52,6 +54,16 @@ class Instrumented(nn.Module):
         if self.__dict__["_split"] is None:
             self.__dict__["_split"] = split_at(self.graph_module, self.nodes.values())
         return self.__dict__["_split"]
+
+    def split_for(self, layer: str) -> Split:
+        """The graph cut at ``layer``'s tap alone (built once per layer): ``suffix`` re-runs only
+        what comes after that layer, whatever the other taps are (AblationCAM)."""
+        if layer not in self.nodes:
+            raise FxcamError(f"Layer {layer!r} is not tapped in this graph; tapped layers: {list(self.layers)}.")
+        cache = self.__dict__.setdefault("_splits", {})
+        if layer not in cache:
+            cache[layer] = split_at(self.graph_module, [self.nodes[layer]])
+        return cache[layer]
 
     def forward_for_grad(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         """Like ``forward``, but the prefix runs without recording autograd history and the
@@ -100,6 +112,32 @@ def instrument(
     return Instrumented(gm, taps, type(model).__name__)
 
 
+def instrument_attention(
+    model: nn.Module, *, leaf_modules: Sequence[type] = (), autowrap_functions: Sequence[Any] = ()
+) -> tuple[Instrumented, dict[str, str | None]]:
+    """Compile ``model`` with its attention probabilities as taps (for attention methods).
+
+    Fused attention is made explicit first (:func:`fxcam.passes.attention.explicit_attention`),
+    then each attention's post-softmax probabilities ``(N, heads, Q, K)`` and the output of the
+    block holding it (the attention module's parent) are tapped. Returns the Instrumented graph
+    and ``{attention name: block name or None}`` in execution order.
+    """
+    traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+    gm = explicit_attention(traced.graph_module)
+    probs = attention_nodes(gm)
+    if not probs:
+        raise FxcamError(
+            f"Found no attention in {type(model).__name__}: no softmax feeding a matmul, no "
+            f"F.scaled_dot_product_attention and no mask-free nn.MultiheadAttention in its traced graph. Attention "
+            f"methods need a transformer; use a gradient method such as 'gradcam' instead."
+        )
+    blocks = {a: (a.rsplit(".", 1)[0] if "." in a and a.rsplit(".", 1)[0] in traced.node_of else None) for a in probs}
+    taps = {**probs, **{b: traced.node_of[b] for b in blocks.values() if b is not None}}
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    gm = insert_taps(deinplace(gm, start=min(taps.values(), key=order.__getitem__)), taps)
+    return Instrumented(gm, taps, type(model).__name__), blocks
+
+
 @dataclass
 class Explanation:
     """Everything one explainer call computed. ``cams``: ``(N, H, W)`` in [0, 1]."""
@@ -112,7 +150,12 @@ class Explanation:
 
 
 class Probe:
-    """What a driver method may use: the batch, its clean pass, and the compiled graph."""
+    """What a driver method may use: the batch, its clean pass, and the compiled graph.
+
+    The clean pass (``output``, ``scores``, ``class_idx``, ``reshapes``, ``acts``) runs on first
+    use: a method that computes the output of ``x`` itself (one pass with autograd on) hands it
+    over with :meth:`record` and the batch is not run twice.
+    """
 
     def __init__(self, explainer: Explainer, x: Tensor, targets: Any) -> None:
         self.explainer = explainer
@@ -120,10 +163,56 @@ class Probe:
         self.x = x
         self.targets = targets
         self.progress = explainer.progress
-        self.output, raw = explainer._forward(x)
-        self.scores, self.class_idx = _targets.resolve(targets, self.output)
-        self.reshapes = explainer._reshapes(raw, x)
-        self.acts = {k: self.reshapes[k](v).float() for k, v in raw.items()}
+        self._output: Any = None
+        self._resolved: tuple[Tensor, Tensor | None] | None = None
+        self._reshapes: dict[str, Any] | None = None
+        self._acts: dict[str, Tensor] | None = None
+
+    def _clean_pass(self) -> None:
+        output, raw = self.explainer._forward(self.x)
+        if self._output is None:
+            self._output = output
+        self._reshapes = self.explainer._reshapes(raw, self.x)
+        self._acts = {k: self._reshapes[k](v).float() for k, v in raw.items()}
+
+    @property
+    def output(self) -> Any:
+        """The model output for ``x`` (no autograd history)."""
+        if self._output is None:
+            self._clean_pass()
+        return self._output
+
+    @property
+    def scores(self) -> Tensor:
+        """The explained score per image ``(N,)``, from ``targets``."""
+        if self._resolved is None:
+            self._resolved = _targets.resolve(self.targets, self.output)
+        return self._resolved[0]
+
+    @property
+    def class_idx(self) -> Tensor | None:
+        """The explained class per image ``(N,)`` (None for callable targets)."""
+        if self._resolved is None:
+            self._resolved = _targets.resolve(self.targets, self.output)
+        return self._resolved[1]
+
+    @property
+    def reshapes(self) -> dict[str, Any]:
+        if self._reshapes is None:
+            self._clean_pass()
+        return self._reshapes
+
+    @property
+    def acts(self) -> dict[str, Tensor]:
+        """The clean activations ``{layer: (N, C, *S) float32}``."""
+        if self._acts is None:
+            self._clean_pass()
+        return self._acts
+
+    def record(self, output: Any) -> None:
+        """Hand over the output of ``x`` a method computed itself (detached), so no clean pass runs for it."""
+        self._output = output.detach() if isinstance(output, Tensor) else output
+        self._resolved = None
 
     def repeat_targets(self, times: int) -> Any:
         """Targets for ``times`` stacked copies of the batch (clean classes when none were given)."""
@@ -132,12 +221,151 @@ class Probe:
 
     def gradients(self, x: Tensor, targets: Any) -> tuple[Any, dict[str, Tensor], dict[str, Tensor]]:
         """``(output, acts, grads)`` for batch ``x``, acts and grads reshaped to ``(N, C, *S)`` float32."""
-        return self.explainer._gradients(x, targets, self.reshapes)[:3]
+        return self.explainer._gradients(x, targets, self._reshapes)[:3]
 
     def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         """``(output, acts)`` for batch ``x`` under inference mode, acts reshaped and float32."""
         out, raw = self.explainer._forward(x)
         return out, {k: self.reshapes[k](v).float() for k, v in raw.items()}
+
+    def resolve(self, targets: Any, output: Any) -> tuple[Tensor, Tensor | None]:
+        """``(scores (N,), class_idx (N,) or None)`` of ``targets`` on ``output`` (see :func:`fxcam.targets.resolve`)."""
+        return _targets.resolve(targets, output)
+
+    def differentiable(self, x: Tensor | None = None, targets: Any = None) -> tuple[Any, Tensor, dict[str, Tensor]]:
+        """``(output, scores, acts)`` of one pass over ``x`` (default: the probe's batch and targets) with
+        autograd on: ``acts`` are the raw tapped tensors, leaves of the differentiated suffix, so a
+        method can differentiate several times (``create_graph=True``, Hessian-vector products).
+        Reshape what it computes with ``probe.reshapes[layer]``."""
+        if x is None:
+            x, targets = self.x, self.targets
+        output, acts = self.instrumented.forward_for_grad(x)
+        with torch.enable_grad():
+            scores, _ = _targets.resolve(targets, output)
+        if x is self.x:
+            self.record(output)
+            if self._reshapes is None:
+                self._reshapes = self.explainer._reshapes(acts, x)
+        return output, scores, acts
+
+    def instrument(self, layers: Iterable[Layer]) -> Instrumented:
+        """The explainer's model compiled with taps at ``layers`` (built once per explainer and layer set)."""
+        return self.explainer._instrumented_at(layers)
+
+    def bias_gradients(self) -> BiasGradients:
+        """FullGrad's inputs for the batch: every biased conv/BatchNorm layer of the graph
+        (:func:`fxcam.passes.bias_layers`) tapped in one compiled graph, one forward with autograd
+        on and one ``torch.autograd.grad`` call for the input and all layer outputs."""
+        layers = bias_layers(self.instrumented.graph_module)
+        if not layers:
+            raise FxcamError(
+                f"{self.instrumented.model_name} has no convolution or BatchNorm layer with a bias; "
+                f"FullGrad needs bias terms (see fxcam.passes.bias_layers)."
+            )
+        inst = self.instrument([b.name for b in layers])
+        x = self.x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            output, acts = inst(x)
+            scores, _ = _targets.resolve(self.targets, output)
+            outs = [acts[b.name] for b in layers]
+            grads = torch.autograd.grad(scores.sum(), [x, *outs], allow_unused=True)
+        self.record(output)
+        with torch.no_grad():
+            modules = dict(inst.graph_module.named_modules())
+            biases = {b.name: effective_bias(modules[b.module]) for b in layers}
+        layer_grads = {
+            b.name: (g if g is not None else torch.zeros_like(o)).detach()
+            for b, o, g in zip(layers, outs, grads[1:])
+        }
+        input_grad = grads[0] if grads[0] is not None else torch.zeros_like(x)
+        return BiasGradients(self.x, input_grad.detach(), biases, layer_grads)
+
+    def attention(self) -> AttentionPass:
+        """One pass of the batch through the model with explicit, tapped attention (LeGrad, rollout):
+        see :class:`AttentionPass`. Autograd records from the first attention on."""
+        from .layers import token_head  # local: keeps start-up light
+
+        explainer = self.explainer
+        inst, blocks = explainer._attention_instrumented()
+        output, taps = inst.forward_for_grad(self.x)
+        with torch.enable_grad():
+            scores, _ = _targets.resolve(self.targets, output)
+        self.record(output)
+        model, spec, size = explainer.model, explainer.reshape, tuple(self.x.shape[2:])
+        prefix = spec.prefix_tokens if isinstance(spec, _reshape.vit) else None
+        if prefix is None:
+            prefix = _reshape.prefix_tokens(model) or 0
+
+        def to_map(values: Tensor) -> Tensor:
+            tokens = values.unsqueeze(-1)
+            return _reshape.resolve(spec, model, "attention keys", tokens, size)(tokens)
+
+        return AttentionPass(
+            output=output.detach() if isinstance(output, Tensor) else output,
+            scores=scores,
+            probs={a: taps[a] for a in blocks},
+            tokens={a: taps[b] for a, b in blocks.items() if b is not None},
+            blocks=dict(blocks),
+            head=token_head(model),
+            prefix_tokens=prefix,
+            to_map=to_map,
+            batch=self.x.shape[0],
+        )
+
+
+@dataclass
+class BiasGradients:
+    """Input and bias gradients of the explained score (FullGrad, Srinivas & Fleuret 2019).
+
+    ``input_grad``: ``(N, C_in, *S_in)``; ``biases[layer]``: the layer's effective bias ``(C,)``
+    (BatchNorm folded with its running statistics); ``grads[layer]``: the score's gradient with
+    respect to that layer's output ``(N, C, *S)``.
+    """
+
+    x: Tensor
+    input_grad: Tensor
+    biases: dict[str, Tensor]
+    grads: dict[str, Tensor]
+
+
+@dataclass
+class AttentionPass:
+    """The attention of one batch (LeGrad, gradient-weighted rollout), from :meth:`Probe.attention`.
+
+    - ``probs``: ``{attention: (B, heads, Q, K)}`` post-softmax probabilities in execution order,
+      inside the autograd graph: ``torch.autograd.grad(scores.sum(), list(probs.values()))``
+      gives their gradients. ``B`` is the batch for global attention, batch x windows for Swin.
+    - ``tokens``: ``{attention: (N, T, C)}`` the output of the block holding that attention;
+      ``blocks``: ``{attention: block name}`` (the attention module's parent, None if untapped).
+    - ``scores``: the explained score per image ``(N,)``, differentiable; ``output`` detached.
+    - ``head``: ``tokens (N, T, C) -> logits``: the model's final norm and classifier applied to
+      the mean token (None when fxcam does not know the model's head).
+    - ``prefix_tokens``: class, distillation and register tokens before the patches.
+    - ``to_map``: ``(N, T) -> (N, 1, h, w)``: per-token values onto the patch grid, prefix
+      tokens dropped (the explainer's ``reshape``, "auto" by default).
+    """
+
+    output: Any
+    scores: Tensor
+    probs: dict[str, Tensor]
+    tokens: dict[str, Tensor]
+    blocks: dict[str, str | None]
+    head: Any
+    prefix_tokens: int
+    to_map: Any
+    batch: int
+
+    def check_global(self, method: str) -> None:
+        """Raise unless every attention is global self-attention over one token sequence per image."""
+        lengths = {p.shape[-1] for p in self.probs.values()}
+        for name, p in self.probs.items():
+            if p.ndim != 4 or p.shape[0] != self.batch or p.shape[-2] != p.shape[-1] or len(lengths) != 1:
+                raise FxcamError(
+                    f"Method '{method}' needs global self-attention over one token sequence per image (ViT, DeiT); "
+                    f"attention '{name}' has probabilities of shape {tuple(p.shape)} for a batch of {self.batch} "
+                    f"(window or partitioned attention, as in Swin or MaxViT). Use a gradient method such as "
+                    f"'gradcam' for this model."
+                )
 
 
 class Explainer:
@@ -195,9 +423,25 @@ class Explainer:
         self.eigen_sign = eigen_sign
         self.aug_smooth = aug_smooth
         self.progress = progress
+        self.leaf_modules = tuple(leaf_modules)
         self.method_options = method_options
 
     # -- the graph runs -------------------------------------------------------------------
+    def _instrumented_at(self, layers: Iterable[Layer]) -> Instrumented:
+        """The model compiled with taps at ``layers``, cached on the explainer (for driver methods)."""
+        key = tuple(layers)
+        cache = self.__dict__.setdefault("_instrumented_cache", {})
+        if key not in cache:
+            cache[key] = instrument(self.model, list(key), leaf_modules=getattr(self, "leaf_modules", ()))
+        return cache[key]
+
+    def _attention_instrumented(self) -> tuple[Instrumented, dict[str, str | None]]:
+        """The model compiled with its attention probabilities tapped (built once; attention methods)."""
+        if "_attention" not in self.__dict__:
+            leaves = getattr(self, "leaf_modules", ())
+            self.__dict__["_attention"] = instrument_attention(self.model, leaf_modules=leaves)
+        return self.__dict__["_attention"]
+
     def _forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         with torch.inference_mode():
             return self.instrumented(x)
@@ -236,8 +480,8 @@ class Explainer:
             contrib = {k: self.method.fn(reshapes[k](raw[k]).float(), **self.method_options) for k in self.layers}
         else:
             probe = Probe(self, x, targets)
-            output, scores, class_idx = probe.output, probe.scores, probe.class_idx
             contrib = self.method.fn(probe, **self.method_options)
+            output, scores, class_idx = probe.output, probe.scores, probe.class_idx
         return output, contrib, scores, class_idx
 
     def _maps(self, contrib: dict[str, Tensor], size: tuple[int, ...]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -249,10 +493,10 @@ class Explainer:
             else:
                 cam = c.sum(1)
             # pytorch-grad-cam's order: ReLU, normalize at the layer's resolution, upsample
-            cam = ops.upsample(ops.normalize(torch.relu(cam)), size)
+            cam = ops.normalize(torch.relu(cam))
             if self.method.layer_scale is not None and len(self.layers) > 1:
-                cam = self.method.layer_scale(cam, **self.method_options)
-            per_layer[k] = cam
+                cam = self.method.layer_scale(cam, **self.method_options)  # torchcam: before resizing
+            per_layer[k] = ops.upsample(cam, size)
         fused = ops.fuse(list(per_layer.values()), self.fuse)
         return fused, {k: ops.normalize(v) for k, v in per_layer.items()}
 
@@ -299,6 +543,16 @@ class Explainer:
 
     def __call__(self, x: Tensor, targets: Any = None, *, size: Sequence[int] | None = None) -> Tensor:
         return self.explain(x, targets, size=size).cams
+
+    def to_graph(
+        self, example_input: Tensor | None = None, *, targets: str = "top1", size: Sequence[int] | None = None
+    ) -> fx.GraphModule:
+        """This explainer as one GraphModule ``x -> (logits, cams)`` (``targets="input"``: ``(x, class_idx)``):
+        forward, the suffix's backward, weighting, upsampling and normalization, exportable with
+        :func:`fxcam.export` and compilable with ``torch.compile``. See :func:`fxcam.export.explainer_graph`."""
+        from .export import explainer_graph  # local: export is an optional edge of the package
+
+        return explainer_graph(self, example_input, targets=targets, size=size)
 
     def __repr__(self) -> str:
         return f"Explainer(method={self.method.name!r}, layers={list(self.layers)}, reshape={self.reshape!r})"

@@ -27,13 +27,21 @@ def upsample(cams: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(cams.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
 
 
-def normalize(cams: Tensor, eps: float = EPS) -> Tensor:
-    """Per-map min-max normalization of ``(N, *S)`` to [0, 1]; an all-constant map becomes 0."""
+def normalize(cams: Tensor, eps: float = 0.0) -> Tensor:
+    """Per-map min-max normalization of ``(N, *S)`` to [0, 1]; an all-constant map becomes 0.
+
+    With the default ``eps=0`` the range is divided exactly, so a map's shape does not depend on
+    its scale. pytorch-grad-cam divides by ``range + 1e-7`` (torchcam: ``+ 1e-8``), which
+    visibly shrinks maps whose values are below ~1e-4 (e.g. Grad-CAM++ weights, which are cubic
+    in the gradient); pass ``eps=EPS`` to reproduce that.
+    """
     flat = cams.flatten(1)
     lo = flat.amin(1).view(-1, *([1] * (cams.ndim - 1)))
     shifted = cams - lo
     hi = shifted.flatten(1).amax(1).view(-1, *([1] * (cams.ndim - 1)))
-    return shifted / (hi + eps)
+    if eps:
+        return shifted / (hi + eps)
+    return shifted / torch.where(hi > 0, hi, torch.ones_like(hi))
 
 
 FUSIONS = ("mean", "max")

@@ -18,7 +18,7 @@ def smoothgradcampp(
     probe,
     num_samples: int = 4,
     std: float = 0.3,
-    first_order: str = "mean",
+    variant: str = "paper",
     generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     r"""Smooth Grad-CAM++ as torchcam defines it (alpha numerator from averaged squared gradients).
@@ -31,28 +31,31 @@ def smoothgradcampp(
     .. math:: \alpha_k(s) = \frac{D^{(2)}_k(s)}{2 D^{(2)}_k(s) + \sum_{s'} A_k(s') D^{(3)}_k(s')},
               \qquad w_k = \sum_s \alpha_k(s)\,\mathrm{ReLU}(G_k(s))
 
-    ``first_order="mean"`` (default) uses the averaged gradient :math:`G = D^{(1)}`, as the paper
-    does; ``"last"`` uses the last noisy sample's gradient, which is what torchcam 0.5.0's code
-    computes. Noise is drawn with ``torch.randn`` (from ``generator`` if given) in sample order,
+    ``variant="paper"`` (default) uses the averaged gradient :math:`G = D^{(1)}` and the map
+    :math:`\sum_k w_k A_k` of the clean activations. ``variant="torchcam"`` reproduces what
+    torchcam 0.5.0's code computes: its hooks keep the *last* noisy sample's gradient and
+    activation, so :math:`G` is that sample's gradient and the map weights that sample's
+    activations (the alpha denominator still uses the clean ones). Noise is drawn with ``torch.randn`` (from ``generator`` if given) in sample order,
     the same stream torchcam draws from the global generator. The target class of every noisy
     copy is the clean image's (top-1 when no target is given).
     """
-    if first_order not in ("mean", "last"):
-        raise ValueError(f"smoothgradcampp: first_order must be 'mean' or 'last'; got {first_order!r}.")
+    if variant not in ("paper", "torchcam"):
+        raise ValueError(f"smoothgradcampp: variant must be 'paper' or 'torchcam'; got {variant!r}.")
     if num_samples < 1:
         raise ValueError(f"smoothgradcampp: num_samples must be >= 1; got {num_samples}.")
     x = probe.x
     device = generator.device if generator is not None else x.device
     noise = torch.randn((num_samples, *x.shape), generator=generator, dtype=x.dtype, device=device)
     noisy = (x.unsqueeze(0) + noise.to(x.device) * std).flatten(0, 1)
-    _, _, grads = probe.gradients(noisy, probe.repeat_targets(num_samples))
+    _, noisy_acts, grads = probe.gradients(noisy, probe.repeat_targets(num_samples))
     out = {}
     for layer, acts in probe.acts.items():
         g = grads[layer].unflatten(0, (num_samples, -1))
         d2, d3 = g.pow(2).mean(0), g.pow(3).mean(0)
         dims = tuple(range(2, acts.ndim))
         denom = 2 * d2 + (d3 * acts).sum(dims, keepdim=True) + 1e-8
-        g1 = g.mean(0) if first_order == "mean" else g[-1]
+        g1 = g.mean(0) if variant == "paper" else g[-1]
         weights = (d2 / denom * torch.relu(g1)).sum(dims)
-        out[layer] = weights.reshape(*weights.shape, *([1] * len(dims))) * acts
+        mapped = acts if variant == "paper" else noisy_acts[layer].unflatten(0, (num_samples, -1))[-1]
+        out[layer] = weights.reshape(*weights.shape, *([1] * len(dims))) * mapped
     return out
