@@ -453,7 +453,10 @@ class Explainer:
         output, acts = self.instrumented.forward_for_grad(x)
         scores, class_idx = _targets.resolve(targets, output)
         needed = [acts[k] for k in self.layers]
-        grads = torch.autograd.grad(scores.sum(), needed, allow_unused=True)
+        if scores.requires_grad:
+            grads = torch.autograd.grad(scores.sum(), needed, allow_unused=True)
+        else:  # the output does not depend on any tap
+            grads = (None,) * len(needed)
         missing = [k for k, g in zip(self.layers, grads) if g is None]
         if missing:
             raise FxcamError(
@@ -502,7 +505,8 @@ class Explainer:
 
     def explain(self, x: Tensor, targets: Any = None, *, size: Sequence[int] | None = None) -> Explanation:
         """Maps, the model output, the explained classes and scores for batch ``x``."""
-        if not isinstance(x, Tensor) or x.ndim < 3:
+        conv2d = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if not isinstance(x, Tensor) or x.ndim < 3 or (x.ndim == 3 and conv2d):
             raise FxcamError(
                 f"x must be a batched image tensor (N, C, H, W); got "
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}. Add a batch dim with x[None]."

@@ -53,12 +53,16 @@ class _Tracer(NodePathTracer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.module_outputs: dict[str, list[Any]] = {}
-        self.module_types: dict[str, type] = {}
+        self.failed_in: str | None = None  # innermost module whose forward raised while tracing
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
-        out = super().call_module(m, forward, args, kwargs)
         path = self.path_of_module(m)
-        self.module_types[path] = type(m)
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = path
+            raise
         self.module_outputs.setdefault(path, []).append(out)
         return out
 
@@ -75,8 +79,9 @@ class Traced:
 
 
 def _trace_error(model: nn.Module, tracer: _Tracer, exc: Exception) -> TraceError:
-    where = tracer.current_module_qualname or "<top level>"
-    sub = model.get_submodule(tracer.current_module_qualname) if tracer.current_module_qualname else model
+    path = tracer.failed_in or ""
+    where = path or "<top level>"
+    sub = model.get_submodule(path) if path else model
     # the deepest frame outside torch: the user's model code that fx could not trace
     line = ""
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
