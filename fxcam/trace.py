@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import linecache
 import math
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -33,7 +34,19 @@ Layer = str | nn.Module
 
 
 def _torchvision_leaf_modules() -> list[type]:
-    return [obj for _, obj in inspect.getmembers(torchvision.ops) if inspect.isclass(obj) and issubclass(obj, nn.Module)]
+    """torchvision.ops modules fx should not trace into (RoI ops, deformable conv, FPN ...).
+
+    torchvision's feature extractor makes *every* torchvision.ops module a leaf; fxcam traces
+    into the plain containers (``Conv2dNormActivation``, ``MLP``, ``SqueezeExcitation``,
+    ``Permute``) so the BatchNorm and activation inside MobileNet/EfficientNet blocks can be
+    tapped, and the in-place activations inside them can be rewritten.
+    """
+    traceable = (nn.Sequential, torchvision.ops.SqueezeExcitation, torchvision.ops.Permute)
+    return [
+        obj
+        for _, obj in inspect.getmembers(torchvision.ops)
+        if inspect.isclass(obj) and issubclass(obj, nn.Module) and not issubclass(obj, traceable)
+    ]
 
 
 def _timm_policy(model: nn.Module) -> tuple[list[type], list[Any]]:
@@ -54,6 +67,27 @@ class _Tracer(NodePathTracer):
         super().__init__(*args, **kwargs)
         self.module_outputs: dict[str, list[Any]] = {}
         self.failed_in: str | None = None  # innermost module whose forward raised while tracing
+        self._counts: dict[str, int] = {}
+        self._taken: set[str] = set()
+
+    def _get_node_qualname(self, module_qualname: str, node: fx.Node) -> str:
+        """torchvision's naming, with two fixes: a module call is named by its exact module path
+        (torchvision strips a trailing ``_<digits>``, so ViT's ``ln_1`` became ``ln`` and ``ln_2``
+        became ``ln_1``), and repeats are counted in a dict instead of rescanning every earlier
+        name (quadratic on large models). A repeated call gets ``_1``, ``_2``, ... as before."""
+        if node.op == "call_module":
+            base = module_qualname
+        else:
+            op = re.sub(r"_[0-9]+$", "", str(node))
+            base = f"{module_qualname}.{op}" if module_qualname else op
+        k = self._counts.get(base, 0)
+        name = base if k == 0 else f"{base}_{k}"
+        while name in self._taken:
+            k += 1
+            name = f"{base}_{k}"
+        self._counts[base] = k + 1
+        self._taken.add(name)
+        return name
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         path = self.path_of_module(m)
@@ -103,17 +137,20 @@ def trace(
     *,
     leaf_modules: Sequence[type] = (),
     autowrap_functions: Sequence[Any] = (),
+    trace_into: Sequence[type] = (),
 ) -> Traced:
     """Trace ``model`` with torch.fx and name every node as torchvision's feature extraction does.
 
     ``model`` is not modified: the tracer only reads it, and the GraphModule built from it
     references (does not copy) its parameters. The trace follows the model's current
     ``training`` flag (e.g. inception_v3's auxiliary branch exists only in training mode).
+    ``trace_into``: module types of the default leaf policy to trace through anyway (e.g.
+    torchvision's ``Conv2dNormActivation``, to reach the BatchNorm inside it).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fxcam traces torch.nn.Module objects; got {type(model).__name__}.")
     timm_leaves, timm_fns = _timm_policy(model)
-    leaves = list({*(_torchvision_leaf_modules()), *timm_leaves, *leaf_modules})
+    leaves = [t for t in {*(_torchvision_leaf_modules()), *timm_leaves, *leaf_modules} if t not in set(trace_into)]
     for leaf in leaf_modules:
         if not (inspect.isclass(leaf) and issubclass(leaf, nn.Module)):
             raise TypeError(f"leaf_modules takes nn.Module subclasses (e.g. [MyBlock]); got {leaf!r}.")
