@@ -116,8 +116,8 @@ def deinplace(gm: fx.GraphModule, start: str | None = None) -> fx.GraphModule:
             if getattr(module, "inplace", False) is True:
                 clone = copy.copy(module)  # new __dict__; parameters and buffers stay shared
                 clone.inplace = False
-                name = f"_fxcam_out_of_place_{n_modules}"
-                n_modules += 1
+                while hasattr(gm, name := f"_fxcam_out_of_place_{n_modules}"):  # unique if run twice
+                    n_modules += 1
                 gm.add_module(name, clone)
                 node.target = name
                 changed = True
