@@ -1,8 +1,9 @@
 """fxcam: class activation maps compiled into the model's fx graph."""
 
-from . import methods, ops, reshape, targets
+from . import dff, methods, ops, reshape, targets
 from .api import Explainer, Explanation, Instrumented, explain, instrument
 from .errors import FxcamError, LayerNotFoundError, ReshapeError, TraceError
+from .export import export  # fxcam.export is this function; helpers: `from fxcam.export import ...`
 from .layers import default_layer, layer_shapes
 from .trace import list_layers
 
@@ -17,7 +18,9 @@ __all__ = [
     "ReshapeError",
     "TraceError",
     "default_layer",
+    "dff",
     "explain",
+    "export",
     "instrument",
     "layer_shapes",
     "list_layers",

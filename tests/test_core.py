@@ -318,3 +318,10 @@ def test_method_names_and_aliases():
             "eigengradcam", "smoothgradcampp"} <= set(fxcam.methods.available())
     assert fxcam.methods.get("GradCAM++").name == "gradcampp"
     assert fxcam.methods.get("grad-cam").name == "gradcam"
+
+
+def test_aug_smooth_reports_the_clean_images_output(resnet18, images):
+    exp = fxcam.Explainer(resnet18, "layer4", aug_smooth=True).explain(images)
+    torch.testing.assert_close(exp.output, resnet18(images))
+    assert torch.equal(exp.class_idx, resnet18(images).argmax(1))
+    assert fxcam.instrument(resnet18, "layer4").training is False
