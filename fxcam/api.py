@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from . import methods as _methods
 from . import ops, reshape as _reshape, targets as _targets
-from .errors import FxcamError
+from .errors import FxcamError, TraceError
 from .passes import Split, deinplace, insert_taps, split_at
 from .passes.attention import attention_nodes, explicit_attention
-from .passes.bias import bias_layers, effective_bias
-from .trace import Layer, resolve_layers, trace
+from .passes.bias import BiasLayer, bias_layers, effective_bias, hidden_bias_layers
+from .trace import Layer, _torchvision_leaf_modules, resolve_layers, trace
 
 AUG_FACTORS = (0.9, 1.0, 1.1)  # pytorch-grad-cam's aug_smooth: horizontal flip x these multipliers
 
@@ -43,6 +43,7 @@ class Instrumented(nn.Module):
         self.layers: tuple[str, ...] = tuple(layers)
         self.nodes: dict[str, str] = dict(layers)
         self.model_name = model_name
+        self.training = graph_module.training  # the flag only: .train()/.eval() would flip shared modules
         self.__dict__["_split"] = None  # kept out of the module tree: no duplicate parameters
 
     def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
@@ -90,6 +91,7 @@ def instrument(
     *,
     leaf_modules: Sequence[type] = (),
     autowrap_functions: Sequence[Any] = (),
+    trace_into: Sequence[type] = (),
 ) -> Instrumented:
     """Compile ``model`` into a module returning ``(output, {layer: activation})``.
 
@@ -103,7 +105,7 @@ def instrument(
     >>> inst = fxcam.instrument(model.eval(), "layer4")
     >>> logits, acts = inst(x)          # logits equal model(x); acts["layer4"]: (N, 512, 7, 7)
     """
-    traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+    traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, trace_into=trace_into)
     taps = resolve_layers(model, traced, layers)
     order = {n.name: i for i, n in enumerate(traced.graph_module.graph.nodes)}
     first = min(taps.values(), key=order.__getitem__)
@@ -209,10 +211,15 @@ class Probe:
             self._clean_pass()
         return self._acts
 
-    def record(self, output: Any) -> None:
-        """Hand over the output of ``x`` a method computed itself (detached), so no clean pass runs for it."""
+    def record(self, output: Any, acts: dict[str, Tensor] | None = None) -> None:
+        """Hand over the output of ``x`` a method computed itself (detached), so no clean pass runs for it;
+        with ``acts``, the raw tapped activations of that same pass, no clean pass runs at all."""
         self._output = output.detach() if isinstance(output, Tensor) else output
         self._resolved = None
+        if acts is not None:
+            raw = {k: v.detach() for k, v in acts.items()}
+            self._reshapes = self.explainer._reshapes(raw, self.x)
+            self._acts = {k: self._reshapes[k](v).float() for k, v in raw.items()}
 
     def repeat_targets(self, times: int) -> Any:
         """Targets for ``times`` stacked copies of the batch (clean classes when none were given)."""
@@ -248,21 +255,16 @@ class Probe:
                 self._reshapes = self.explainer._reshapes(acts, x)
         return output, scores, acts
 
-    def instrument(self, layers: Iterable[Layer]) -> Instrumented:
+    def instrument(self, layers: Iterable[Layer], trace_into: Sequence[type] = ()) -> Instrumented:
         """The explainer's model compiled with taps at ``layers`` (built once per explainer and layer set)."""
-        return self.explainer._instrumented_at(layers)
+        return self.explainer._instrumented_at(layers, trace_into)
 
     def bias_gradients(self) -> BiasGradients:
-        """FullGrad's inputs for the batch: every biased conv/BatchNorm layer of the graph
-        (:func:`fxcam.passes.bias_layers`) tapped in one compiled graph, one forward with autograd
-        on and one ``torch.autograd.grad`` call for the input and all layer outputs."""
-        layers = bias_layers(self.instrumented.graph_module)
-        if not layers:
-            raise FxcamError(
-                f"{self.instrumented.model_name} has no convolution or BatchNorm layer with a bias; "
-                f"FullGrad needs bias terms (see fxcam.passes.bias_layers)."
-            )
-        inst = self.instrument([b.name for b in layers])
+        """FullGrad's inputs for the batch: every biased conv/BatchNorm layer of the model
+        (:func:`fxcam.passes.bias.bias_layers`) tapped in one compiled graph (built once per
+        explainer), one forward with autograd on and one ``torch.autograd.grad`` call for the
+        input and all layer outputs."""
+        inst, layers = self.explainer._bias_instrumented()
         x = self.x.detach().requires_grad_(True)
         with torch.enable_grad():
             output, acts = inst(x)
@@ -427,13 +429,48 @@ class Explainer:
         self.method_options = method_options
 
     # -- the graph runs -------------------------------------------------------------------
-    def _instrumented_at(self, layers: Iterable[Layer]) -> Instrumented:
+    def _instrumented_at(self, layers: Iterable[Layer], trace_into: Sequence[type] = ()) -> Instrumented:
         """The model compiled with taps at ``layers``, cached on the explainer (for driver methods)."""
-        key = tuple(layers)
+        layers, trace_into = tuple(layers), tuple(trace_into)
         cache = self.__dict__.setdefault("_instrumented_cache", {})
-        if key not in cache:
-            cache[key] = instrument(self.model, list(key), leaf_modules=getattr(self, "leaf_modules", ()))
-        return cache[key]
+        if (layers, trace_into) not in cache:
+            cache[layers, trace_into] = instrument(
+                self.model, list(layers), leaf_modules=getattr(self, "leaf_modules", ()), trace_into=trace_into
+            )
+        return cache[layers, trace_into]
+
+    def _bias_instrumented(self) -> tuple[Instrumented, list[BiasLayer]]:
+        """FullGrad's compiled graph: every bias layer tapped (built once).
+
+        torchvision's default leaf modules that hide bias layers (``Conv2dNormActivation``,
+        ``SqueezeExcitation`` in EfficientNet/MobileNet) are traced into; bias layers inside the
+        user's or timm's leaf modules stay hidden (a warning counts them)."""
+        if "_bias" not in self.__dict__:
+            leaves = tuple(getattr(self, "leaf_modules", ()))
+            gm = self.instrumented.graph_module
+            into = tuple(
+                t for t in hidden_bias_layers(gm) if t in _torchvision_leaf_modules() and not issubclass(t, leaves)
+            )
+            if into:
+                try:
+                    gm = trace(self.model, leaf_modules=leaves, trace_into=into).graph_module
+                except TraceError:
+                    into = ()
+            layers = bias_layers(gm)
+            hidden = hidden_bias_layers(gm)
+            if hidden:
+                warnings.warn(
+                    f"FullGrad: {sum(hidden.values())} bias layer(s) inside leaf modules "
+                    f"{sorted(t.__name__ for t in hidden)} are not part of the map (fx does not trace into leaves).",
+                    stacklevel=4,
+                )
+            if not layers:
+                raise FxcamError(
+                    f"{self.instrumented.model_name} has no convolution or BatchNorm layer with a bias in its graph; "
+                    f"FullGrad needs bias terms (see fxcam.passes.bias.bias_layers)."
+                )
+            self.__dict__["_bias"] = (self._instrumented_at([b.name for b in layers], into), layers)
+        return self.__dict__["_bias"]
 
     def _attention_instrumented(self) -> tuple[Instrumented, dict[str, str | None]]:
         """The model compiled with its attention probabilities tapped (built once; attention methods)."""
@@ -539,24 +576,30 @@ class Explainer:
 
         n = x.shape[0]
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        out_first = output[:n] if isinstance(output, Tensor) else output
-        idx = class_idx[:n] if class_idx is not None else None
+        clean = slice(AUG_FACTORS.index(1.0) * n, (AUG_FACTORS.index(1.0) + 1) * n)  # unflipped, factor 1.0
+        out_first = output[clean] if isinstance(output, Tensor) else output
+        idx = class_idx[clean] if class_idx is not None else None
         return Explanation(
-            undo(cams).to(dtype), out_first, {k: undo(v).to(dtype) for k, v in per_layer.items()}, idx, scores[:n]
+            undo(cams).to(dtype), out_first, {k: undo(v).to(dtype) for k, v in per_layer.items()}, idx, scores[clean]
         )
 
     def __call__(self, x: Tensor, targets: Any = None, *, size: Sequence[int] | None = None) -> Tensor:
         return self.explain(x, targets, size=size).cams
 
     def to_graph(
-        self, example_input: Tensor | None = None, *, targets: str = "top1", size: Sequence[int] | None = None
+        self,
+        example_input: Tensor | None = None,
+        *,
+        targets: str = "top1",
+        size: Sequence[int] | None = None,
+        dynamic_batch: bool = True,
     ) -> fx.GraphModule:
         """This explainer as one GraphModule ``x -> (logits, cams)`` (``targets="input"``: ``(x, class_idx)``):
         forward, the suffix's backward, weighting, upsampling and normalization, exportable with
         :func:`fxcam.export` and compilable with ``torch.compile``. See :func:`fxcam.export.explainer_graph`."""
         from .export import explainer_graph  # local: export is an optional edge of the package
 
-        return explainer_graph(self, example_input, targets=targets, size=size)
+        return explainer_graph(self, example_input, targets=targets, size=size, dynamic_batch=dynamic_batch)
 
     def __repr__(self) -> str:
         return f"Explainer(method={self.method.name!r}, layers={list(self.layers)}, reshape={self.reshape!r})"
