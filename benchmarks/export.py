@@ -1,6 +1,6 @@
 """Grad-CAM as one graph: eager Explainer vs torch.compile'd explainer graph vs onnxruntime (resnet50, CPU).
 
-    python benchmarks/export.py [--rounds 7] [--batch 8] [--size 224] [--threads N] [--out docs/export.md]
+    python benchmarks/export.py [--rounds 7] [--batch 8] [--size 224] [--threads N] [--out README.md]
 
 All cases explain layer4 of a seeded random-weight resnet50 for each image's top-1 class on the
 same batch and return ``(N, 224, 224)`` maps; the script first checks that every case's maps

@@ -214,7 +214,7 @@ def test_explainer_graph_pt2_and_export_of_an_explainer(vit, tmp_path):
 
 def test_torch_compile_fullgraph(resnet18, vit):
     """fullgraph=True: a graph break would raise. aot_eager (not inductor) keeps CPU CI fast; the
-    inductor runs on resnet50 / vit_b_16 are in docs/export.md and benchmarks/export.py."""
+    inductor runs on resnet50 / vit_b_16 are in the README (Export) and benchmarks/export.py."""
     torch._dynamo.reset()
     x = _batches(32)[1]
     layer = fxcam.default_layer(vit, (32, 32))
