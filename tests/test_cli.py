@@ -1,0 +1,399 @@
+"""The ``fxcam`` command end to end, in a temporary folder.
+
+Most runs call ``fxcam.cli.main(argv)`` in-process (fast); one runs ``python -m fxcam`` in a
+subprocess and one the installed console script (when there is one). Every error case checks
+the contract: non-zero exit, one ``fxcam: error:`` line on stderr, no traceback, and no
+output (not even a hidden temporary folder) left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fxcam import methods
+from fxcam.cli import main
+from fxcam.cli_support import Preprocess, cam_to_image, pointing_game
+from fxcam.demo import CLASSES, DEFAULT_LAYERS, IMAGE_SIZE, load_demo_model, make_scenes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv):
+    """``main(argv)`` -> (exit status, stdout, stderr)."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden temporary folders the atomic writer would leave if it failed to clean up."""
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc != 0
+    lines = [line for line in err.strip().splitlines() if not line.startswith("fxcam: warning:")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fxcam: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Three generated scenes as PNGs (one resized to a non-square size) and their object masks."""
+    folder = tmp_path_factory.mktemp("scenes")
+    images, labels, masks = make_scenes(3, seed=123)
+    paths, mask_arrays = [], []
+    for i in range(3):
+        img = Image.fromarray((images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        mask = Image.fromarray(masks[i].numpy().astype(np.uint8) * 255)
+        if i == 2:  # a non-square image at another size: the overlay and map keep its size
+            img, mask = img.resize((150, 120), Image.BILINEAR), mask.resize((150, 120), Image.NEAREST)
+        path = folder / f"scene{i}_{CLASSES[int(labels[i])]}.png"
+        img.save(path)
+        paths.append(path)
+        mask_arrays.append(np.asarray(mask) > 127)
+    return paths, [int(v) for v in labels], mask_arrays
+
+
+# --------------------------------------------------------------------------- explain
+def test_explain_demo_cnn_writes_overlays_maps_and_manifest(scenes, tmp_path, capsys):
+    paths, labels, masks = scenes
+    out = tmp_path / "out"
+    rc, stdout, err = run(
+        capsys, "explain", paths[0].parent, "--model", "demo:cnn", "--out", out, "--batch-size", 2, "--no-progress"
+    )
+    assert rc == 0, err
+    assert "Traceback" not in err and "random weights" not in err
+    names = sorted(p.name for p in out.iterdir())
+    stems = [p.stem for p in paths]
+    assert names == sorted(["manifest.json"] + [f"{s}_overlay.png" for s in stems] + [f"{s}_cam.npy" for s in stems])
+    assert leftovers(tmp_path) == []
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "demo:cnn"
+    assert manifest["method"] == "gradcam"
+    assert manifest["layers"] == [DEFAULT_LAYERS["cnn"]]
+    assert manifest["versions"]["fxcam"] and manifest["versions"]["torch"] == torch.__version__
+    assert [r["input"] for r in manifest["images"]] == [str(p.resolve()) for p in paths]
+    for record, path, label, mask in zip(manifest["images"], paths, labels, masks):
+        predicted, explained = record["predicted"], record["explained"]
+        assert predicted["name"] == CLASSES[predicted["index"]]
+        assert 0 < predicted["probability"] <= 1
+        assert explained["index"] == predicted["index"]  # no --target: the top-1 class
+        assert predicted["index"] == label  # the demo CNN classifies its own scenes
+        size = Image.open(path).size
+        assert record["image_size"] == list(size)
+        with Image.open(out / record["overlay"]) as overlay:
+            assert overlay.format == "PNG" and overlay.mode == "RGB" and overlay.size == size
+            overlay.load()
+        cam = np.load(out / record["cam"])
+        assert cam.dtype == np.float32 and cam.shape == (size[1], size[0])
+        assert 0 <= cam.min() and cam.max() <= 1
+        assert cam[mask].mean() > 2 * cam[~mask].mean()  # the heat is on the object
+    assert f"in {out}/" in stdout and CLASSES[labels[0]] in stdout
+
+
+def test_explain_target_by_name_method_and_overwrite(scenes, tmp_path, capsys):
+    paths, labels, _ = scenes
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("replaced only once the new result is complete")
+    target = CLASSES[(labels[0] + 1) % len(CLASSES)]
+    rc, _, err = run(
+        capsys, "explain", paths[0], paths[1], "--model", "demo:cnn", "--method", "Grad-CAM++", "--target", target,
+        "--out", out, "--overwrite", "--colormap", "turbo", "-q",
+    )
+    assert rc == 0, err
+    assert not (out / "old.txt").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "gradcampp"
+    assert {r["explained"]["name"] for r in manifest["images"]} == {target}
+    assert leftovers(tmp_path) == []
+
+
+def test_explain_file_factory_spec(tmp_path, capsys, scenes):
+    """path/to/file.py:factory builds the model; ImageNet preprocessing at --size."""
+    (tmp_path / "tiny.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(8, 4))\n"
+    )
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "explain", scenes[0][2], "--model", f"{tmp_path / 'tiny.py'}:make", "--size", 32,
+                     "--layer", "1", "--out", out, "-q")
+    assert rc == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"] == ["1"] and manifest["preprocess"]["input_size"] == [32, 32]
+    assert np.load(out / manifest["images"][0]["cam"]).shape == (120, 150)
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.fixture
+def bad_inputs(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "tiny.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(2, 2)\n")
+    return tmp_path
+
+
+ERRORS = {
+    "missing image": (["explain", "{d}/nope.png", "--model", "demo:cnn"], ["nope.png", "does not exist"]),
+    "non-image file": (["explain", "{d}/notes.txt", "--model", "demo:cnn"], ["notes.txt", "not a format PIL"]),
+    "corrupt image": (["explain", "{d}/fake.png", "--model", "demo:cnn"], ["fake.png"]),
+    "folder without images": (["explain", "{d}/empty", "--model", "demo:cnn"], ["holds no image files"]),
+    "spec without kind": (["explain", "{img}", "--model", "resnet18"], ["torchvision:resnet18"]),
+    "unknown torchvision model": (["explain", "{img}", "--model", "torchvision:resnet51"], ["resnet50"]),
+    "unknown demo model": (["explain", "{img}", "--model", "demo:rnn"], ["demo:cnn"]),
+    "missing model file": (["explain", "{img}", "--model", "{d}/none.py:make"], ["does not exist"]),
+    "missing factory": (["explain", "{img}", "--model", "{d}/tiny.py:build"], ["'build'", "make"]),
+    "unknown method": (["explain", "{img}", "--model", "demo:cnn", "--method", "gradcan"], ["gradcam", "Closest"]),
+    "unknown layer": (["explain", "{img}", "--model", "demo:cnn", "--layer", "features.9"], ["features.9", "Closest"]),
+    "existing out": (["explain", "{img}", "--model", "demo:cnn", "--out", "{d}/exists"], ["already exists", "--overwrite"]),
+    "missing weights file": (["explain", "{img}", "--model", "demo:cnn", "--weights", "{d}/w.pth"], ["w.pth"]),
+    "unknown target": (["explain", "{img}", "--model", "demo:cnn", "--target", "circel"], ["circle"]),
+    "target out of range": (["explain", "{img}", "--model", "demo:cnn", "--target", "9"], ["[0, 5]"]),
+    "bad size": (["explain", "{img}", "--model", "demo:cnn", "--size", "1", "2", "3"], ["--size"]),
+    "layers of a bad spec": (["layers", "torchvision:resnet51"], ["resnet50"]),
+    "export to a bad suffix": (["export", "demo:cnn", "--out", "{d}/model.zip"], [".onnx", ".pt2"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_bad_input_is_one_clear_line_and_leaves_nothing(case, bad_inputs, scenes, capsys):
+    argv, needles = ERRORS[case]
+    argv = [a.format(d=bad_inputs, img=scenes[0][0]) for a in argv]
+    out = bad_inputs / "out"
+    if argv[0] == "explain" and "--out" not in argv:
+        argv += ["--out", str(out)]
+    before = sorted(p.name for p in bad_inputs.iterdir())
+    rc, _, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, *needles)
+    assert sorted(p.name for p in bad_inputs.iterdir()) == before  # nothing created, nothing removed
+
+
+def test_weights_default_offline_says_so(monkeypatch, tmp_path, scenes, capsys):
+    """No network (simulated): a one-line error that says so and suggests --weights PATH."""
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty hub cache
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    out = tmp_path / "out"
+    rc, _, err = run(
+        capsys, "explain", scenes[0][0], "--model", "torchvision:resnet18", "--weights", "DEFAULT", "--out", out
+    )
+    assert_one_line_error(rc, err, "offline", "--weights PATH", "resnet18")
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_weights_default_from_the_hub_cache(monkeypatch, tmp_path, scenes, capsys):
+    """A checkpoint in torch's hub cache is used offline, with the weights' own resize + center crop."""
+    from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
+
+    weights = MobileNet_V3_Small_Weights.DEFAULT
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(mobilenet_v3_small().state_dict(), cache / Path(weights.url).name)  # stands in for the download
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", None)  # any download attempt would fail
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "explain", scenes[0][2], "--model", "torchvision:mobilenet_v3_small", "--weights",
+                     "DEFAULT", "--out", out, "-q")
+    assert rc == 0, err
+    assert err == ""  # no random-weights warning
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"] == str(weights)
+    assert manifest["preprocess"]["center_crop"] and manifest["preprocess"]["input_size"] == [224, 224]
+    record = manifest["images"][0]
+    assert record["predicted"]["name"] == weights.meta["categories"][record["predicted"]["index"]]
+    cam = np.load(out / record["cam"])
+    assert cam.shape == (120, 150)  # the whole image; the cropped-off sides (150 vs 120 wide) are 0
+    assert cam[:, :10].max() == 0 and cam[:, -10:].max() == 0 and cam[:, 20:-20].max() > 0.9
+
+
+def test_weights_path_must_fit_the_model(tmp_path, scenes, capsys):
+    torch.save({"weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--weights", tmp_path / "other.pt",
+                     "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, "do not fit demo:cnn", "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt"]
+
+
+def test_random_weights_warning(tmp_path, scenes, capsys):
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "torchvision:mobilenet_v3_small", "--size", 64,
+                     "--out", tmp_path / "out", "-q")
+    assert rc == 0, err
+    assert "fxcam: warning: torchvision:mobilenet_v3_small has random weights" in err
+
+
+def test_failure_midway_leaves_no_output_and_keeps_the_old_one(tmp_path, scenes, capsys):
+    """An image that fails to decode in the second batch: the first batch's files are discarded."""
+    truncated = tmp_path / "zz_truncated.png"
+    truncated.write_bytes(scenes[0][0].read_bytes()[:300])  # a valid header, cut-off data
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the previous result")
+    rc, _, err = run(capsys, "explain", scenes[0][0], scenes[0][1], truncated, "--model", "demo:cnn",
+                     "--batch-size", 2, "--out", out, "--overwrite")
+    assert_one_line_error(rc, err, "zz_truncated.png")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert leftovers(tmp_path) == []
+
+
+def test_interrupted_run_leaves_nothing(monkeypatch, tmp_path, scenes, capsys):
+    import fxcam.viz
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fxcam.viz, "overlay", interrupt)
+    out = tmp_path / "deeper" / "out"
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", out)
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # not even the parent folder it created
+
+
+def test_debug_shows_the_traceback(tmp_path, scenes, monkeypatch):
+    monkeypatch.setenv("FXCAM_DEBUG", "1")
+    with pytest.raises(Exception, match="does not exist"):
+        main(["explain", str(tmp_path / "nope.png"), "--model", "demo:cnn", "--out", str(tmp_path / "out")])
+
+
+def test_usage_error_is_one_line(capsys):
+    rc, _, err = run(capsys, "explain", "x.png")  # --model missing
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--model" in err and "--help" in err
+
+
+# --------------------------------------------------------------------------- layers, methods, demo
+@pytest.mark.parametrize("name", ["cnn", "vit"])
+def test_layers_lists_names_and_shapes_and_marks_the_default(name, capsys):
+    from fxcam import layer_shapes, list_layers
+
+    rc, stdout, err = run(capsys, "layers", f"demo:{name}")
+    assert rc == 0, err
+    table_rows = [line.split() for line in stdout.split("\n\n")[0].splitlines()[2:]]  # after header and rule
+    model = load_demo_model(name)
+    shapes = layer_shapes(model, (IMAGE_SIZE, IMAGE_SIZE))
+    names = list_layers(model)
+    assert [r[-2] for r in table_rows] == names  # every name, in execution order
+    for r in table_rows:
+        assert r[-1] == ("x".join(map(str, shapes[r[-2]])) if r[-2] in shapes else "-")
+    assert [r[1] for r in table_rows if len(r) == 3 and r[0] == "*"] == [DEFAULT_LAYERS[name]]
+    assert f"default ({DEFAULT_LAYERS[name]})" in stdout
+
+
+def test_methods_lists_every_method_with_its_description(capsys):
+    rc, stdout, _ = run(capsys, "methods")
+    assert rc == 0
+    for name, summary in methods.describe().items():
+        assert any(line.split()[0] == name and summary in line for line in stdout.splitlines()), name
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc, stdout, err = run(capsys, "demo", "--out", out, "--n", 12, "--rows", 2, "--methods", "gradcam", "layercam",
+                          "--no-progress")
+    assert rc == 0, err
+    assert (out / "cnn_grid.png").is_file() and (out / "vit_grid.png").is_file()
+    with Image.open(out / "cnn_grid.png") as grid:
+        assert grid.width > 3 * 2 * IMAGE_SIZE and grid.height > 2 * 2 * IMAGE_SIZE  # 3 columns, 2 rows of 2x tiles
+    assert len(list((out / "vit" / "layercam").glob("*.png"))) == 2
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["pointing_game"]) == {"cnn", "vit"}
+    assert set(results["pointing_game"]["cnn"]) == {"gradcam", "layercam"}
+    lines = stdout.splitlines()
+    assert any(line.startswith("gradcam") and line.count("%") == 2 for line in lines)
+    assert any(line.startswith("(model accuracy)") for line in lines)
+    assert leftovers(tmp_path) == []
+
+
+def test_pointing_game_counts_the_argmax_on_the_mask():
+    cams = torch.zeros(2, 4, 4)
+    cams[0, 1, 1] = 1.0
+    cams[1, 3, 3] = 1.0
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, :2, :2] = True
+    assert pointing_game(cams, masks).tolist() == [True, False]
+
+
+# --------------------------------------------------------------------------- preprocessing
+def test_preprocess_matches_torchvision_weights_transforms():
+    """--weights DEFAULT preprocessing is the weights' own transform (no download needed to check)."""
+    from torchvision.models import ResNet18_Weights
+
+    t = ResNet18_Weights.DEFAULT.transforms()
+    pre = Preprocess((224, 224), 256, tuple(t.mean), tuple(t.std), t.interpolation.value)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    x, box = pre(img)
+    torch.testing.assert_close(x, t(img), rtol=0, atol=0)
+    # 400x300 -> 341x256 (shorter side 256), center crop 224 at (58, 16): that box in original pixels
+    sx, sy = 400 / 341, 300 / 256
+    assert box == pytest.approx((58 * sx, 16 * sy, 282 * sx, 240 * sy))
+
+
+def test_cam_to_image_fills_the_crop_box_only():
+    cam = torch.ones(7, 7)
+    full = cam_to_image(cam, (40, 30), (0, 0, 40, 30))
+    assert full.shape == (30, 40) and full.min() == pytest.approx(1)
+    cropped = cam_to_image(cam, (40, 30), (5, 0, 35, 30))
+    assert cropped[:, 5:35].min() == pytest.approx(1) and cropped[:, :5].max() == 0 and cropped[:, 35:].max() == 0
+
+
+# --------------------------------------------------------------------------- export, processes
+def test_export_pt2(tmp_path, capsys):
+    pytest.importorskip("fxcam.export")
+    from fxcam import instrument
+
+    out, layer = tmp_path / "cnn.pt2", DEFAULT_LAYERS["cnn"]
+    rc, stdout, err = run(capsys, "export", "demo:cnn", "--layer", layer, "--out", out)
+    assert rc == 0, err
+    images = make_scenes(3, seed=5)[0]
+    logits, acts = torch.export.load(str(out)).module()(images)
+    with torch.no_grad():
+        ref_logits, ref_acts = instrument(load_demo_model("cnn"), layer)(images)  # eager, the reference
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(acts[layer], ref_acts[layer], rtol=1e-4, atol=1e-5)
+    rc, _, err = run(capsys, "export", "demo:cnn", "--out", out)
+    assert_one_line_error(rc, err, "already exists")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("FXCAM_DEBUG", None)
+    return env
+
+
+def test_python_dash_m_fxcam(scenes, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fxcam", "explain", str(scenes[0][0]), "--model", "demo:cnn", "--out", str(out)],
+        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "manifest.json").is_file() and (out / f"{scenes[0][0].stem}_overlay.png").is_file()
+    assert proc.stderr == "" and "1 image explained" in proc.stdout
+
+
+def test_console_script():
+    script = Path(sys.executable).parent / ("fxcam.exe" if os.name == "nt" else "fxcam")
+    if not script.exists():
+        pytest.skip("fxcam is not installed in this environment (pip install -e .)")
+    proc = subprocess.run([str(script), "methods"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 0 and "gradcam" in proc.stdout
