@@ -11,6 +11,16 @@ rotation invariant). Matmuls/convs run under bfloat16 autocast (``--no-bf16`` fo
 on CPUs without native bf16 that is the faster choice). Weights are stored as float16
 (``load_demo_model`` casts back to float32).
 
+The CNN also learns to make its class map *equivariant* (no masks are used): each batch is
+half scenes and half the same scenes under one more flip/rotation, and a loss asks the class
+activation map of the second half, transformed back, to match the first. Without it the
+maps of a model trained on classification alone sit a few pixels off the object, in a
+direction that differs per class but is the same for every scene (the units learn
+off-centre templates; one such model put a circle's peak 2-3 px below right of its centre
+on average). Measured with this script (held-out pointing game of GradCAM, 200 scenes):
+``--equivariance 0`` 86%; the default 100%, 97% and 100% for seeds 0, 1 and 2, at the
+same accuracy (99.7-100%).
+
 At the end it prints, on held-out scenes, each model's accuracy and its GradCAM pointing
 game (the share of maps whose maximum falls inside the object mask), computed with
 ``fxcam.Explainer`` and with a 15-line reference GradCAM written out below (plain autograd
@@ -34,12 +44,14 @@ sys.path.insert(0, str(ROOT))
 from fxcam.demo.models import _WEIGHTS, DEFAULT_LAYERS, DemoCNN, DemoViT  # noqa: E402
 from fxcam.demo.scenes import make_scenes  # noqa: E402
 
-# name -> builder, steps, batch, peak lr, weight decay
+# name -> builder, steps, batch, peak lr, weight decay, weight of the CAM equivariance loss
 CONFIGS = {
-    "cnn": dict(builder=DemoCNN, steps=1000, batch=64, lr=3e-3, wd=0.01),
-    "vit": dict(builder=DemoViT, steps=1500, batch=64, lr=1.5e-3, wd=0.05),
+    "cnn": dict(builder=DemoCNN, steps=1000, batch=64, lr=1e-3, wd=0.01, equivariance=1.0),
+    "vit": dict(builder=DemoViT, steps=2000, batch=64, lr=2e-3, wd=0.05, equivariance=0.0),
 }
 TEST_SEED_OFFSET = 10_000
+# The equivariance loss is off for the first 30% of the steps and ramps up over the next 20%.
+EQ_START, EQ_RAMP = 0.3, 0.2
 
 
 def dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -51,6 +63,28 @@ def dihedral(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(pick[:, 2].view(n, 1, 1, 1), x.flip(-2), x)
 
 
+def _d4(x: torch.Tensor, op: tuple[bool, bool, bool], inverse: bool = False) -> torch.Tensor:
+    """One symmetry of the square on the last two dims: transpose, then flip W, then flip H
+    (``inverse`` undoes it)."""
+    steps = [(op[0], lambda t: t.transpose(-1, -2)), (op[1], lambda t: t.flip(-1)), (op[2], lambda t: t.flip(-2))]
+    for on, f in reversed(steps) if inverse else steps:
+        x = f(x) if on else x
+    return x
+
+
+def cam_equivariance(cams: torch.Tensor, op) -> torch.Tensor:
+    """How far the class maps of the transformed half of the batch are from the transformed
+    maps of the first half: mean squared difference over the mean variance of the maps.
+
+    The variance is detached: with standardized maps a large symmetric pattern that does
+    not move with the object (the image frame) lowers the loss, and the model learns one.
+    """
+    a, b = cams.chunk(2)
+    b = _d4(b, op, inverse=True)
+    scale = (a.flatten(1).var(1) + b.flatten(1).var(1)).detach() / 2 + 1e-3
+    return ((a - b) ** 2).flatten(1).mean(1).div(scale).mean()
+
+
 @torch.no_grad()
 def accuracy(model, images, labels, batch=250) -> float:
     model.eval()
@@ -60,7 +94,7 @@ def accuracy(model, images, labels, batch=250) -> float:
     return correct / len(images)
 
 
-def train(name, pool, seed, steps=None, bf16=True, log_every=100):
+def train(name, pool, seed, steps=None, bf16=True, log_every=100, equivariance=None):
     cfg = CONFIGS[name]
     steps = steps or cfg["steps"]
     lr, batch = cfg["lr"], cfg["batch"]
@@ -88,16 +122,36 @@ def train(name, pool, seed, steps=None, bf16=True, log_every=100):
     model.train()
     t0 = time.time()
     running = 0.0
+    eq_weight = cfg["equivariance"] if equivariance is None else equivariance
+    if eq_weight and not isinstance(model, DemoCNN):
+        raise ValueError(f"the CAM equivariance loss needs the CNN's class map; set it to 0 for {name!r}")
     for step in range(steps):
-        idx = torch.randint(0, len(images), (batch,), generator=g)
-        x = dihedral(images[idx].float() / 255.0, g)
+        if eq_weight:  # half the batch, and the same scenes under one more symmetry
+            idx = torch.randint(0, len(images), (batch // 2,), generator=g)
+            x = dihedral(images[idx].float() / 255.0, g)
+            op = tuple(bool(b) for b in torch.rand(3, generator=g) < 0.5)
+            op = op if any(op) else (False, True, False)
+            x, y = torch.cat([x, _d4(x, op)]), labels[idx].repeat(2)
+        else:
+            idx = torch.randint(0, len(images), (batch,), generator=g)
+            x, y = dihedral(images[idx].float() / 255.0, g), labels[idx]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels[idx])
+            if eq_weight:
+                features = model.features(model.normalize(x))
+                logits = model.head(torch.flatten(model.pool(features), 1))
+            else:
+                logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        ramp = min(1.0, max(0.0, (step / steps - EQ_START) / EQ_RAMP))
+        if eq_weight and ramp > 0:
+            # The class activation map of the true class, (N, 12, 12): for this model (max
+            # pooling, linear head) GradCAM's map before the ReLU, up to a constant factor.
+            cams = torch.einsum("nc,nchw->nhw", model.head.weight[y], features.float())
+            loss = loss + eq_weight * ramp * cam_equivariance(cams, op)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -184,6 +238,9 @@ def main(argv=None):
     ap.add_argument("--test", type=int, default=2_000, help="number of held-out scenes")
     ap.add_argument("--pointing", type=int, default=200, help="held-out scenes for the pointing game")
     ap.add_argument("--steps", type=int, default=None, help="override the per-model step count")
+    ap.add_argument(
+        "--equivariance", type=float, default=None, help="override the weight of the CAM equivariance loss (CNN only; 0: off)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32")
     ap.add_argument("--out", type=Path, default=ROOT / "fxcam" / "demo" / "weights")
@@ -204,7 +261,7 @@ def main(argv=None):
 
     results = {}
     for name in args.models:
-        model, secs = train(name, (images, labels), args.seed, args.steps, args.bf16)
+        model, secs = train(name, (images, labels), args.seed, args.steps, args.bf16, equivariance=args.equivariance)
         acc = accuracy(model, test_images, test_labels)
         path = args.out / _WEIGHTS[name]
         save_fp16(model, path)
@@ -212,19 +269,23 @@ def main(argv=None):
         acc16 = accuracy(shipped, test_images, test_labels)
         k = args.pointing
         pi, pl, pm = test_images[:k], test_labels[:k], test_masks[:k]
-        ref = pointing_game(reference_gradcam(name, shipped, pi, pl), pm)
+        ref_cams = reference_gradcam(name, shipped, pi, pl)
+        ref = pointing_game(ref_cams, pm)
         cams = fxcam_gradcam(name, shipped, pi, pl)
         fx = None if cams is None else pointing_game(cams, pm)
         results[name] = (acc, acc16, ref, fx, secs, path.stat().st_size)
         print(f"[{name}] trained in {secs:.0f}s; held-out accuracy {acc16:.4f}", flush=True)
 
-    print(f"\nheld-out scenes: seed {test_seed}; accuracy on {args.test}, pointing game on {args.pointing}")
+    print(
+        f"\nheld-out scenes (seed {test_seed}): accuracy on {args.test}, GradCAM pointing game on the "
+        f"first {args.pointing}"
+    )
     for name, (acc, acc16, ref, fx, secs, size) in results.items():
         fx_s = "n/a" if fx is None else f"{fx:.3f}"
         print(
-            f"  {name}: accuracy {acc:.4f} (fp32) {acc16:.4f} (shipped fp16) | GradCAM pointing game "
-            f"@{DEFAULT_LAYERS[name]}: fxcam {fx_s}, reference {ref:.3f} | train {secs:.0f}s | "
-            f"{args.out / _WEIGHTS[name]} {size / 1024:.0f} KiB"
+            f"  {name}: accuracy {acc:.4f} (fp32) {acc16:.4f} (shipped fp16) | pointing game "
+            f"@{DEFAULT_LAYERS[name]}: fxcam {fx_s}, reference {ref:.3f} | "
+            f"train {secs:.0f}s | {args.out / _WEIGHTS[name]} {size / 1024:.0f} KiB"
         )
     print(f"total wall time {time.time() - t0:.0f}s")
 

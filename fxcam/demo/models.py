@@ -1,7 +1,7 @@
 """Two small models trained on :mod:`fxcam.demo.scenes`, with weights shipped in the package.
 
 * :class:`DemoCNN`: conv/bn/relu stages (ReLUs in place, as in torchvision) down to a
-  12x12 feature map, global average pooling and a linear head. Target layer
+  12x12 feature map, global max pooling and a linear head. Target layer
   ``"features.3"`` (the last stage, (N, 96, 12, 12)).
 * :class:`DemoViT`: a tiny ViT shaped like timm's ``VisionTransformer``: a conv
   patch embedding with stride 8 (``patch_size = 8`` -> a 12x12 token grid), one class
@@ -18,7 +18,6 @@ them internally, so ``model(images)`` is all there is to it. Both trace with
 from __future__ import annotations
 
 import io
-import math
 from importlib import resources
 
 import torch
@@ -32,7 +31,6 @@ __all__ = ["DEFAULT_LAYERS", "DemoCNN", "DemoViT", "load_demo_model"]
 DEFAULT_LAYERS = {"cnn": "features.3", "vit": "blocks.3.norm1"}
 
 _WEIGHTS = {"cnn": "demo_cnn.pt", "vit": "demo_vit.pt"}
-_DOWN_K = 4
 
 
 class Normalize(nn.Module):
@@ -52,7 +50,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     # pixels 2i and 2i+1, where bilinear upsampling of the map puts it. (A 3x3 / stride 2
     # conv is centred on pixel 2i: half an input pixel off per stage, 3.5 pixels at 96x96
     # after three of them, which visibly shifts CAMs towards the bottom right.)
-    k = _DOWN_K if stride == 2 else 3
+    k = 4 if stride == 2 else 3
     return [
         nn.Conv2d(cin, cout, k, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(cout),
@@ -60,41 +58,25 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
     ]
 
 
-class AvgMaxPool(nn.Module):
-    """Global average and global max pooling, concatenated: (N, C, H, W) -> (N, 2C, 1, 1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 1)
-
-
-class LSEPool(nn.Module):
-    """Log-sum-exp pooling, between average (r -> 0) and max (r -> inf) pooling."""
-
-    def __init__(self, r: float = 4.0):
-        super().__init__()
-        self.r = r
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        z = torch.logsumexp(self.r * x.flatten(2), dim=2) - math.log(h * w)
-        return (z / self.r).view(n, c, 1, 1)
-
-
-_POOLS = {"avg": lambda: nn.AdaptiveAvgPool2d(1), "max": lambda: nn.AdaptiveMaxPool2d(1), "avgmax": AvgMaxPool, "lse": LSEPool}
-
-
 class DemoCNN(nn.Module):
     """Small CNN: 96x96 -> 48 -> 24 -> 12 (stages 0-2), then a stride-1 stage 3 at 12x12.
 
     ``features`` is an ``nn.Sequential`` of four stages; ``features.3`` is the last conv
-    stage (the natural GradCAM layer), followed by ``pool`` (global average) and ``head``.
+    stage (the natural GradCAM layer), followed by ``pool`` and ``head`` (linear).
+
+    ``pool="max"`` (the shipped model) is global max pooling: with it the class evidence
+    peaks on the object (Oquab et al., 2015), where global average pooling spreads it
+    over the object's surroundings (rings around discs, peaks beyond corners).
+    ``pool="avg"`` is available. The shipped weights also come from a training loss that
+    makes the class map equivariant to flips and rotations (``examples/train_demo.py``),
+    which takes GradCAM's pointing game from 86% to 97-100%.
     """
 
     def __init__(self, num_classes: int = len(CLASSES), widths=(32, 48, 64, 96), pool: str = "max"):
         super().__init__()
         w0, w1, w2, w3 = widths
-        if pool not in _POOLS:
-            raise ValueError(f"pool must be one of {sorted(_POOLS)}, got {pool!r}")
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.normalize = Normalize()
         self.features = nn.Sequential(
             nn.Sequential(*_conv_bn_relu(3, w0, 2)),  # 48x48
@@ -102,8 +84,8 @@ class DemoCNN(nn.Module):
             nn.Sequential(*_conv_bn_relu(w1, w2, 2), *_conv_bn_relu(w2, w2)),  # 12x12
             nn.Sequential(*_conv_bn_relu(w2, w3), *_conv_bn_relu(w3, w3)),  # 12x12
         )
-        self.pool = _POOLS[pool]()
-        self.head = nn.Linear(w3 * (2 if pool == "avgmax" else 1), num_classes)
+        self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(w3, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.normalize(x))

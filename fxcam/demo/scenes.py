@@ -1,10 +1,12 @@
 """Procedural, seeded toy scenes for the offline demo.
 
-Every scene is a 96x96 RGB image with one large *target* shape (its class is the label)
-drawn at a random position, scale, rotation and colour on a cluttered, textured
-background (low-frequency colour noise, stripes, soft blobs, pixel noise), plus a few
-small *distractor* shapes of other kinds (other classes or bars) and other colours, so
-that "where is the object" is not answered by "where is the colourful thing".
+Every scene is a 96x96 RGB image with one *target* shape (its class is the label; radius
+12.5-21 px) drawn at a random position, scale, rotation and saturated colour on a cluttered,
+textured background (low-frequency colour noise, stripes, soft blobs, pixel noise), plus
+2-4 smaller *distractor* shapes (radius 3.5-6.5 px) of other kinds (other classes or
+bars) and other hues, equally saturated, so that "where is the object" is not answered by
+"where is the colourful thing". The six classes are mirror-symmetric, mostly convex
+shapes: the pointing game of a CAM (is its maximum on the object?) is then a fair test.
 
 Images are float32 in ``[0, 1]``, channels first. The demo models
 (:func:`fxcam.demo.load_demo_model`) take exactly these images: they normalize internally
@@ -25,22 +27,24 @@ import torch.nn.functional as F
 __all__ = ["CLASSES", "IMAGE_SIZE", "MEAN", "STD", "make_scenes", "normalize"]
 
 #: Class names, index = label.
-CLASSES = ("circle", "square", "triangle", "cross", "diamond", "heart")
+CLASSES = ("circle", "square", "ellipse", "cross", "triangle", "heart")
 #: Side of every scene in pixels.
 IMAGE_SIZE = 96
-#: Per-channel mean / std of the scenes (measured on 4096 scenes); the demo models apply
-#: ``(x - MEAN) / STD`` themselves.
-MEAN = (0.4993, 0.4924, 0.4925)
-STD = (0.2216, 0.2186, 0.2211)
+#: Per-channel mean / std used to normalize the scenes; the demo models apply
+#: ``(x - MEAN) / STD`` themselves. (Measured on 4096 scenes with the earlier, smaller
+#: targets; today's scenes give about (0.459, 0.459, 0.459) / (0.147, 0.147, 0.147). The
+#: constants are part of the trained models, so they stay.)
+MEAN = (0.455, 0.456, 0.456)
+STD = (0.139, 0.139, 0.140)
 
 _CHUNK = 128
-_TARGET_RADIUS = (10.0, 17.0)  # range of the target's radius, in pixels
+_TARGET_RADIUS = (12.5, 21.0)  # range of the target's radius, in pixels
 _DISTRACTOR_RADIUS = (3.5, 6.5)
-_CROSS_HALF_WIDTH = 0.4  # arm half-width of the cross, in units of its radius
+_CROSS_HALF_WIDTH = 0.45  # arm half-width of the cross, in units of its radius
 _BAR = len(CLASSES)  # extra distractor kind: an elongated bar
 # How far (in units of the shape's radius r) each kind reaches from its centre; used to
 # keep the target inside the image.
-_EXTENT = (1.0, 1.15, 1.25, 1.1, 1.25, 1.15, 1.06)
+_EXTENT = (1.0, 1.15, 1.2, 1.11, 1.25, 1.15, 1.06)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -87,14 +91,14 @@ def _shape_mask(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return u * u + v * v <= 1.0
     if kind == 1:  # square (circumradius 1.15)
         return _polygon(u / 1.15, v / 1.15, 4, math.cos(math.pi / 4))
-    if kind == 2:  # triangle (circumradius 1.25)
-        return _polygon(u / 1.25, v / 1.25, 3, math.cos(math.pi / 3))
+    if kind == 2:  # ellipse with semi-axes 1.2 and 0.65
+        return (u / 1.2) ** 2 + (v / 0.65) ** 2 <= 1.0
     if kind == 3:  # cross / plus
         w = _CROSS_HALF_WIDTH
         au, av = u.abs(), v.abs()
         return ((au <= w) & (av <= 1.0)) | ((av <= w) & (au <= 1.0))
-    if kind == 4:  # diamond: a rhombus with half-diagonals 1.25 and 0.8
-        return u.abs() / 1.25 + v.abs() / 0.8 <= 1.0
+    if kind == 4:  # equilateral triangle (circumradius 1.25)
+        return _polygon(u / 1.25, v / 1.25, 3, math.cos(math.pi / 3))
     if kind == 5:  # heart: (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, y pointing up
         x = u * 1.05
         y = -v * 1.05 + 0.15
