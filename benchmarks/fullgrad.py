@@ -75,7 +75,6 @@ def main() -> None:
         classes = model(x).argmax(1).tolist()
 
     explainer = fxcam.Explainer(model, "layer4", "fullgrad")
-    reference = FullGrad(model, [])  # pytorch-grad-cam ignores target layers for FullGrad
 
     def forward():
         with torch.no_grad():
@@ -85,7 +84,14 @@ def main() -> None:
         return explainer(x, classes)
 
     def theirs():
-        return reference(x, [ClassifierOutputTarget(c) for c in classes])
+        # Built and released inside the timed run, as a user calls it: pytorch-grad-cam's
+        # FullGrad hooks every bias layer of the model, and hooks left in place would also
+        # run (and cost time) in the forward and fxcam cases.
+        reference = FullGrad(model, [])  # pytorch-grad-cam ignores target layers for FullGrad
+        try:
+            return reference(x, [ClassifierOutputTarget(c) for c in classes])
+        finally:
+            reference.activations_and_grads.release()
 
     # warm-up (also builds fxcam's compiled graphs, which are cached on the explainer)
     forward()
@@ -101,8 +107,6 @@ def main() -> None:
             t, cam_theirs = _time(theirs, device)
             times["pytorch-grad-cam FullGrad"].append(t)
             diff = float((cam_ours.cpu() - torch.from_numpy(cam_theirs)).abs().max())
-    reference.activations_and_grads.release()
-
     base = statistics.median(times["forward (no_grad)"])
     dev = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"FullGrad, resnet50, batch {args.batch}, {args.size}x{args.size}, {dev}, torch {torch.__version__}")
