@@ -132,6 +132,10 @@ def test_load_demo_model(demo_model):
     assert all(b.dtype == torch.float32 for b in model.buffers() if b.is_floating_point())
     with pytest.raises(ValueError, match="cnn"):
         load_demo_model("resnet")
+    with pytest.raises(ValueError, match="'avg' or 'max', got 'lse'"):
+        DemoCNN(pool="lse")
+    assert isinstance(DemoCNN(pool="avg").pool, torch.nn.AdaptiveAvgPool2d)
+    assert isinstance(DemoCNN().pool, torch.nn.AdaptiveMaxPool2d)  # the shipped model's
 
 
 def test_demo_models_accuracy(demo_model, held_out):
@@ -143,7 +147,6 @@ def test_demo_models_accuracy(demo_model, held_out):
 
 
 # --------------------------------------------------------------------------- with the core
-VIT_GRADCAM, VIT_EIGENCAM = 0.35, 0.85  # measured 0.43 and 0.92 on these scenes
 def _explainer():
     fxcam = pytest.importorskip("fxcam")
     if not hasattr(fxcam, "Explainer"):
@@ -151,11 +154,12 @@ def _explainer():
     return fxcam.Explainer
 
 
-# Issue 6's target is GradCAM on the CNN >= 90%; the other rows hold the shipped weights to
-# what they measure (README table) with a margin, so that a regression shows.
+# Issue 6's target is GradCAM on the CNN >= 90%. The other rows hold the shipped weights to
+# what they measure on these 200 scenes, with a margin, so that a regression shows: CNN
+# EigenCAM 0.98; ViT GradCAM 0.43 (its gradient maps peak on the outline) and EigenCAM 0.92.
 @pytest.mark.parametrize(
     "name,method,threshold",
-    [("cnn", "gradcam", 0.9), ("cnn", "eigencam", 0.9), ("vit", "gradcam", VIT_GRADCAM), ("vit", "eigencam", VIT_EIGENCAM)],
+    [("cnn", "gradcam", 0.9), ("cnn", "eigencam", 0.9), ("vit", "gradcam", 0.35), ("vit", "eigencam", 0.85)],
 )
 def test_pointing_game(name, method, threshold, held_out):
     Explainer = _explainer()
@@ -218,5 +222,5 @@ def test_cam_equivariance_loss(train_demo):
     train_demo.cam_equivariance(a, op).backward()
     scale = (a[0].var() + train_demo._d4(a[1], op, inverse=True).var()).detach() / 2 + 1e-3
     diff = a[0] - train_demo._d4(a[1], op, inverse=True)
-    expected0 = 2 * diff / 144 / scale / 1  # d/d a0 of mean(diff^2)/scale, averaged over 1 pair
+    expected0 = 2 * diff / 144 / scale  # d/d a0 of mean(diff^2) / scale (one pair in the batch)
     assert torch.allclose(a.grad[0], expected0.detach(), atol=1e-6)
