@@ -36,10 +36,11 @@ from torch import Tensor, nn
 from . import reshape as _reshape
 from .api import instrument
 from .errors import FxcamError
+from .ops import EPS
 from .trace import Layer
 
 EPSILON = float(torch.finfo(torch.float32).eps)  # scikit-learn's guard for zero denominators
-NORM_EPS = 1e-7
+NORM_EPS = EPS  # pytorch-grad-cam's min-max epsilon
 
 
 def _progress(total: int, enabled: bool, desc: str):

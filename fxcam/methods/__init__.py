@@ -13,7 +13,7 @@ Three kinds of method:
 The explainer turns contributions into maps: channel sum (or the first principal component
 for ``project=True`` methods and ``eigen_smooth=True``), ReLU, upsampling, normalization,
 fusion of layers. Adding a method is one function and one ``@register`` line; methods never
-import each other or anything outside torch.
+import each other, only torch and fxcam's torch-only helpers (``_shapes``, ``fxcam.ops``).
 """
 
 from __future__ import annotations

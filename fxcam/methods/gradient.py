@@ -11,14 +11,8 @@ import torch
 from torch import Tensor
 
 from . import register
-
-
-def _spatial(t: Tensor) -> tuple[int, ...]:
-    return tuple(range(2, t.ndim))
-
-
-def _expand(w: Tensor, like: Tensor) -> Tensor:
-    return w.reshape(*w.shape, *([1] * (like.ndim - w.ndim)))
+from ._shapes import expand_as_weights as _expand
+from ._shapes import spatial_dims as _spatial
 
 
 @register(

@@ -16,17 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops import EPS
+from ..ops import upsample as _resize  # (N, *S) maps, half-pixel centres (OpenCV INTER_LINEAR)
 from . import get, register
+from ._shapes import expand_as_weights as _expand
+from ._shapes import spatial_dims as _spatial
 
-NORM_EPS = 1e-7  # pytorch-grad-cam's min-max epsilon
-
-
-def _spatial(t: Tensor) -> tuple[int, ...]:
-    return tuple(range(2, t.ndim))
-
-
-def _expand(w: Tensor, like: Tensor) -> Tensor:
-    return w.reshape(*w.shape, *([1] * (like.ndim - w.ndim)))
+NORM_EPS = EPS  # pytorch-grad-cam's min-max epsilon
 
 
 def _normalize(t: Tensor, start: int = 1, eps: float = NORM_EPS) -> Tensor:
@@ -36,15 +32,6 @@ def _normalize(t: Tensor, start: int = 1, eps: float = NORM_EPS) -> Tensor:
     hi = (flat - lo.unsqueeze(-1)).amax(-1)
     shape = (*t.shape[:start], *([1] * (t.ndim - start)))
     return (t - lo.reshape(shape)) / (hi.reshape(shape) + eps)
-
-
-def _resize(maps: Tensor, size: Sequence[int], antialias: bool = False) -> Tensor:
-    """Bilinear/trilinear resize of ``(N, *S)`` maps, half-pixel centres (OpenCV's INTER_LINEAR)."""
-    size = tuple(int(s) for s in size)
-    if tuple(maps.shape[1:]) == size:
-        return maps
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
-    return F.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False, antialias=antialias).squeeze(1)
 
 
 def _same_map(probe, cam: Tensor) -> dict[str, Tensor]:

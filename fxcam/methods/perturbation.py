@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..errors import FxcamError
 from . import register
+from ._shapes import expand_as_weights as _expand
 
 MAX_MEMORY = {"cpu": 64 << 20}  # default bytes per batched graph run, by device type
 MAX_MEMORY_DEFAULT = 1 << 30  # accelerators
@@ -146,10 +147,6 @@ def _row_targets(probe, index: Tensor) -> Any:
 
 def _row_scores(probe, output: Any, index: Tensor) -> Tensor:
     return probe.resolve(_row_targets(probe, index), output)[0].float()
-
-
-def _expand(w: Tensor, like: Tensor) -> Tensor:
-    return w.reshape(*w.shape, *([1] * (like.ndim - w.ndim)))
 
 
 # -- AblationCAM -------------------------------------------------------------------------------
