@@ -41,6 +41,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fxcam.cli_support import pointing_game  # noqa: E402  (per map: is its maximum on the object?)
 from fxcam.demo.models import _WEIGHTS, DEFAULT_LAYERS, DemoCNN, DemoViT  # noqa: E402
 from fxcam.demo.scenes import make_scenes  # noqa: E402
 
@@ -214,12 +215,6 @@ def reference_gradcam(name, model, images, labels) -> torch.Tensor:
     return (cam - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def pointing_game(cams: torch.Tensor, masks: torch.Tensor) -> float:
-    """Share of maps whose argmax pixel lies inside the object mask."""
-    peak = cams.flatten(1).argmax(1, keepdim=True)
-    return masks.flatten(1).gather(1, peak).float().mean().item()
-
-
 def fxcam_gradcam(name, model, images, labels):
     try:
         from fxcam import Explainer
@@ -270,9 +265,9 @@ def main(argv=None):
         k = args.pointing
         pi, pl, pm = test_images[:k], test_labels[:k], test_masks[:k]
         ref_cams = reference_gradcam(name, shipped, pi, pl)
-        ref = pointing_game(ref_cams, pm)
+        ref = pointing_game(ref_cams, pm).float().mean().item()
         cams = fxcam_gradcam(name, shipped, pi, pl)
-        fx = None if cams is None else pointing_game(cams, pm)
+        fx = None if cams is None else pointing_game(cams, pm).float().mean().item()
         results[name] = (acc, acc16, ref, fx, secs, path.stat().st_size)
         print(f"[{name}] trained in {secs:.0f}s; held-out accuracy {acc16:.4f}", flush=True)
 
