@@ -1,9 +1,11 @@
 """fxcam: class activation maps compiled into the model's fx graph."""
 
 from . import dff, methods, ops, reshape, targets
-from .api import Explainer, Explanation, Instrumented, explain, instrument
+from .api import Explainer, explain
+from .instrument import Instrumented, instrument
+from .maps import Explanation
 from .errors import FxcamError, LayerNotFoundError, ReshapeError, TraceError
-from .export import export  # fxcam.export is this function; helpers: `from fxcam.export import ...`
+from .exporter import export  # writes .pt2/.onnx; graphs are built by fxcam.graph
 from .layers import default_layer, layer_shapes
 from .trace import list_layers
 

@@ -416,18 +416,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".onnx", ".pt2"):
         raise CLIError(f"--out '{out}' must end in .onnx (ONNX) or .pt2 (torch.export); got {out.suffix or 'no suffix'!r}.")
-    try:  # the module, not the function fxcam/__init__ exports under the same name
-        module = importlib.import_module("fxcam.export")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fxcam.export":
-            raise
-        raise CLIError(
-            "fxcam export needs fxcam.export, which this version of fxcam does not have yet. Meanwhile, export "
-            "fxcam.instrument(model, layers) with torch.export / torch.onnx.export in Python."
-        ) from None
-    export_cli = getattr(module, "export_cli", None)
-    if not callable(export_cli):
-        raise CLIError("This version of fxcam.export has no export_cli(); update fxcam.")
+    from .exporter import export_cli
+
     check_out_file(out, args.overwrite)
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1; got {args.batch_size}.")

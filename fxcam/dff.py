@@ -24,34 +24,22 @@ not entry by entry; :func:`nmf` with the same initial factors reproduces scikit-
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import progress as _progress
 from . import reshape as _reshape
-from .api import instrument
 from .errors import FxcamError
-from .ops import EPS
+from .instrument import instrument
+from .ops import EPS, normalize, resize
+from .passes.classifier import last_linear
 from .trace import Layer
 
 EPSILON = float(torch.finfo(torch.float32).eps)  # scikit-learn's guard for zero denominators
-NORM_EPS = EPS  # pytorch-grad-cam's min-max epsilon
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn("progress=True needs tqdm (pip install tqdm); continuing without a progress bar.", stacklevel=3)
-        return None
-    return tqdm(total=total, desc=desc)
 
 
 def random_init(x: Tensor, n_components: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -106,23 +94,20 @@ def nmf(
     def guard(d: Tensor) -> Tensor:
         return torch.where(d == 0, torch.full_like(d, EPSILON), d)
 
-    bar = _progress(max_iter, progress, "dff nmf")
+    bar = _progress.bar(max_iter, "dff nmf", enabled=progress, unit="it")
     at_init = previous = error()
     it = 0
     for it in range(1, max_iter + 1):
         w = w * ((x @ h.T) / guard(w @ (h @ h.T)))
         h = h * ((w.T @ x) / guard((w.T @ w) @ h))
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if tol > 0 and it % 10 == 0:
             err = error()
-            if bar is not None:
-                bar.set_postfix(error=f"{float(err):.4g}")
+            bar.set_postfix(error=f"{float(err):.4g}")
             if (previous - err) / at_init < tol:
                 break
             previous = err
-    if bar is not None:
-        bar.close()
+    bar.close()
     return w, h, it
 
 
@@ -196,20 +181,6 @@ def factorize_activations(
     return w + offset, loadings, err, iterations
 
 
-def _find_classifier(inst, channels: int) -> nn.Module | None:
-    """The last ``nn.Linear`` called in the graph whose input size is ``channels``."""
-    gm = inst.graph_module
-    found = None
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            if isinstance(module, nn.Linear):
-                found = module
-    if found is not None and found.in_features == channels:
-        return found
-    return None
-
-
 def factorize(
     model: nn.Module,
     x: Tensor,
@@ -250,16 +221,10 @@ def factorize(
         acts, n_components, max_iter=max_iter, tol=tol, seed=seed, generator=generator, progress=progress
     )
     size = tuple(size) if size is not None else tuple(x.shape[2:])
-    flat = loadings.flatten(2)
-    lo = flat.amin(-1, keepdim=True)
-    normed = ((flat - lo) / ((flat - lo).amax(-1, keepdim=True) + NORM_EPS)).view_as(loadings)
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[loadings.ndim - 2]
-    maps = normed
-    if tuple(normed.shape[2:]) != size:
-        maps = F.interpolate(normed, size=size, mode=mode, align_corners=False)
+    maps = resize(normalize(loadings, eps=EPS, start=2), size)
 
     if isinstance(classifier, str) and classifier == "auto":
-        classifier = _find_classifier(inst, concepts.shape[0])
+        classifier = last_linear(inst.graph_module, concepts.shape[0])
     elif isinstance(classifier, str):
         try:
             classifier = model.get_submodule(classifier)

@@ -9,6 +9,10 @@ class FxcamError(ValueError):
     """Base class for fxcam's user-facing errors (a ``ValueError``, so generic handlers still work)."""
 
 
+class FxcamTypeError(FxcamError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``)."""
+
+
 class LayerNotFoundError(FxcamError, KeyError):
     """A requested layer is not a node or module of the traced model."""
 

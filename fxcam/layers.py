@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import FxcamError
-from .reshape import Family, _is_torchvision, family
+from .reshape import Family, family, is_torchvision
 from .trace import NAME, Traced, trace
 
 
@@ -127,7 +127,7 @@ def token_head(model: nn.Module) -> Callable[[Tensor], Tensor] | None:
     heads are averaged as in its forward); timm-shaped models without ``forward_head`` use
     ``head(norm(mean))``. None for models whose head fxcam does not know.
     """
-    if _is_torchvision(model, "VisionTransformer"):
+    if is_torchvision(model, "VisionTransformer"):
         return lambda z: model.heads(model.encoder.ln(z.mean(1)))
     if family(model) is not Family.VIT:
         return None

@@ -168,15 +168,15 @@ def _pair(v) -> tuple[int, int] | None:
     return None
 
 
-def _is_torchvision(model: nn.Module, cls: str) -> bool:
+def is_torchvision(model: nn.Module, cls: str) -> bool:
     return any(c.__name__ == cls and c.__module__.startswith("torchvision.") for c in type(model).__mro__)
 
 
 def family(model: nn.Module) -> Family:
     """The model's feature layout: ViT tokens, channels-last (Swin) or NCHW (everything else)."""
-    if _is_torchvision(model, "VisionTransformer") or isinstance(getattr(model, "num_prefix_tokens", None), int):
+    if is_torchvision(model, "VisionTransformer") or isinstance(getattr(model, "num_prefix_tokens", None), int):
         return Family.VIT
-    if _is_torchvision(model, "SwinTransformer") or getattr(model, "output_fmt", None) == "NHWC":
+    if is_torchvision(model, "SwinTransformer") or getattr(model, "output_fmt", None) == "NHWC":
         return Family.CHANNELS_LAST
     return Family.CNN
 
@@ -186,7 +186,7 @@ def prefix_tokens(model: nn.Module) -> int | None:
     n = getattr(model, "num_prefix_tokens", None)
     if isinstance(n, int):
         return n
-    if _is_torchvision(model, "VisionTransformer"):
+    if is_torchvision(model, "VisionTransformer"):
         return 1
     if family(model) is Family.CHANNELS_LAST:
         return 0
@@ -211,7 +211,7 @@ def patch_grid(model: nn.Module, input_size: Sequence[int]) -> tuple[int, int] |
         if g is not None:
             return g
     ps = _pair(getattr(pe, "patch_size", None)) if pe is not None else None
-    if ps is None and _is_torchvision(model, "VisionTransformer"):
+    if ps is None and is_torchvision(model, "VisionTransformer"):
         ps = _pair(getattr(model, "patch_size", None))
     if ps is None:
         return None

@@ -94,11 +94,11 @@ def resolve(targets: Targets, output: Any) -> tuple[Tensor, Tensor | None]:
             f"that output to one score per image (shape (N,))."
         )
     n = output.shape[0]
-    logits = output.reshape(n, -1) if output.ndim > 2 else output
+    logits = logits_of(output)
     k = logits.shape[1]
     if targets is None:
-        idx = logits.argmax(1)
-    elif isinstance(targets, bool):
+        return resolve_indices(None, output)
+    if isinstance(targets, bool):
         raise FxcamError(f"targets={targets!r} is not a class index; pass an int, a list, or None.")
     elif isinstance(targets, int):
         idx = torch.full((n,), _check_index(targets, k), device=output.device, dtype=torch.long)
@@ -119,20 +119,48 @@ def resolve(targets: Targets, output: Any) -> tuple[Tensor, Tensor | None]:
         if all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
             idx = torch.tensor([_check_index(t, k) for t in targets], device=output.device)
         else:
-            rows = []
+            picked = []
             for t, row in zip(targets, output):
                 if isinstance(t, int) and not isinstance(t, bool):
-                    rows.append(row.reshape(-1)[_check_index(t, k)])
+                    picked.append(row.reshape(-1)[_check_index(t, k)])
                 elif callable(t):
-                    rows.append(t(row).reshape(()))
+                    picked.append(t(row).reshape(()))
                 else:
                     raise FxcamError(f"A target is an int or a callable(output_row) -> scalar; got {t!r}.")
-            return torch.stack(rows), None
+            return torch.stack(picked), None
     else:
         raise FxcamError(
             f"targets must be None, an int, a list (one per image) or a callable; got {type(targets).__name__}."
         )
     return logits.gather(1, idx[:, None]).squeeze(1), idx
+
+
+def logits_of(output: Tensor) -> Tensor:
+    """``(N, K)`` class scores of a model output: ``(N, K)`` as is, ``(N, ...)`` flattened."""
+    return output.reshape(output.shape[0], -1) if output.ndim > 2 else output
+
+
+def resolve_indices(class_idx: Tensor | None, output: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`resolve` for class indices ``(N,)`` (negative ones count from the end) or None (top-1),
+    with no Python branch on tensor values: traceable into a graph (``Explainer.to_graph``).
+    Indices are not range-checked; :func:`resolve` checks them."""
+    logits = logits_of(output)
+    if class_idx is None:
+        idx = logits.argmax(1)
+    else:
+        idx = torch.where(class_idx < 0, class_idx + logits.shape[1], class_idx)
+    return logits.gather(1, idx[:, None]).squeeze(1), idx
+
+
+def rows(targets: Targets, index: Tensor) -> Targets:
+    """Targets for a batch whose row ``r`` is a copy of image ``index[r]`` (perturbed inputs).
+
+    ``targets``: per-image class indices ``(N,)``, a per-image list, or one callable for all."""
+    if isinstance(targets, Tensor):
+        return targets[index.to(targets.device)]
+    if callable(targets) or targets is None or isinstance(targets, int):
+        return targets
+    return [targets[i] for i in index.tolist()]
 
 
 def repeat(targets: Targets, times: int) -> Targets:

@@ -26,14 +26,14 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-from .errors import LayerNotFoundError, TraceError, closest
+from .errors import FxcamTypeError, LayerNotFoundError, TraceError, closest
 
 NAME = "fxcam_name"  # node.meta key holding the qualified, user-facing name
 
 Layer = str | nn.Module
 
 
-def _torchvision_leaf_modules() -> list[type]:
+def torchvision_leaf_modules() -> list[type]:
     """torchvision.ops modules fx should not trace into (RoI ops, deformable conv, FPN ...).
 
     torchvision's feature extractor makes *every* torchvision.ops module a leaf; fxcam traces
@@ -148,12 +148,12 @@ def trace(
     torchvision's ``Conv2dNormActivation``, to reach the BatchNorm inside it).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"fxcam traces torch.nn.Module objects; got {type(model).__name__}.")
+        raise FxcamTypeError(f"fxcam traces torch.nn.Module objects; got {type(model).__name__}.")
     timm_leaves, timm_fns = _timm_policy(model)
-    leaves = [t for t in {*(_torchvision_leaf_modules()), *timm_leaves, *leaf_modules} if t not in set(trace_into)]
+    leaves = [t for t in {*(torchvision_leaf_modules()), *timm_leaves, *leaf_modules} if t not in set(trace_into)]
     for leaf in leaf_modules:
         if not (inspect.isclass(leaf) and issubclass(leaf, nn.Module)):
-            raise TypeError(f"leaf_modules takes nn.Module subclasses (e.g. [MyBlock]); got {leaf!r}.")
+            raise FxcamTypeError(f"leaf_modules takes nn.Module subclasses (e.g. [MyBlock]); got {leaf!r}.")
     tracer = _Tracer(
         leaf_modules=leaves,
         autowrap_modules=(math, torchvision.ops),
@@ -241,7 +241,7 @@ def resolve_layers(model: nn.Module, traced: Traced, layers: Layer | Iterable[La
         elif isinstance(layer, str):
             name = layer
         else:
-            raise TypeError(
+            raise FxcamTypeError(
                 f"A layer is a name (str) or a submodule (nn.Module); got {type(layer).__name__}: {layer!r}."
             )
         if name in traced.multi_call and (isinstance(layer, nn.Module) or name not in traced.node_of):
@@ -271,5 +271,5 @@ def node_by_name(gm: fx.GraphModule, name: str) -> fx.Node:
     for node in gm.graph.nodes:
         if node.name == name:
             return node
-    raise KeyError(name)
+    raise LayerNotFoundError(f"No node named {name!r} in the graph; see fxcam.list_layers(model).")
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import FxcamError
+
 __all__ = ["COLORMAPS", "apply_colormap", "colormap_lut", "grid", "overlay", "to_pil"]
 
 # Knots of the piecewise-linear jet map, per channel: (position, value).
@@ -65,7 +67,7 @@ _LUT_CACHE: dict[str, np.ndarray] = {}
 def colormap_lut(name: str) -> np.ndarray:
     """The (256, 3) float32 RGB table of a colormap; entry i is the colour of i / 255."""
     if not isinstance(name, str) or name not in COLORMAPS:
-        raise ValueError(f"unknown colormap {name!r}; valid colormaps are {', '.join(COLORMAPS)}")
+        raise FxcamError(f"unknown colormap {name!r}; valid colormaps are {', '.join(COLORMAPS)}")
     if name not in _LUT_CACHE:
         t = np.linspace(0.0, 1.0, _LUT_SIZE)
         if name == "gray":
@@ -91,7 +93,7 @@ def apply_colormap(values, colormap: str = "jet") -> np.ndarray:
     lut = colormap_lut(colormap)
     v = _to_numpy(values).astype(np.float64)
     if np.isnan(v).any():
-        raise ValueError("apply_colormap got NaN values; normalize the map to [0, 1] first")
+        raise FxcamError("apply_colormap got NaN values; normalize the map to [0, 1] first")
     x = np.clip(v, 0.0, 1.0) * (_LUT_SIZE - 1)
     lo = np.floor(x).astype(np.intp)
     hi = np.minimum(lo + 1, _LUT_SIZE - 1)
@@ -120,7 +122,7 @@ def _image_array(x) -> np.ndarray:
         return a[..., None] if a.ndim == 2 else a
     is_tensor = isinstance(x, torch.Tensor)
     if not is_tensor and not isinstance(x, np.ndarray):
-        raise ValueError(
+        raise FxcamError(
             f"expected a PIL image, a numpy array or a torch tensor, got {type(x).__name__}"
         )
     a = _to_numpy(x)
@@ -135,12 +137,12 @@ def _image_array(x) -> np.ndarray:
         if chw and (is_tensor or not hwc):
             a = np.moveaxis(a, 0, -1)
         elif not hwc:
-            raise ValueError(
+            raise FxcamError(
                 f"cannot read an image of shape {tuple(a.shape)}: expected (H, W), "
                 "(C, H, W) or (H, W, C) with C in 1, 3, 4"
             )
     else:
-        raise ValueError(
+        raise FxcamError(
             f"cannot read an image of shape {tuple(a.shape)}: expected (H, W), (C, H, W), "
             "(H, W, C) or (1, C, H, W)"
         )
@@ -150,13 +152,13 @@ def _image_array(x) -> np.ndarray:
         return a
     if np.issubdtype(a.dtype, np.integer):
         if a.size and (a.min() < 0 or a.max() > 255):
-            raise ValueError("integer images must have values in 0..255")
+            raise FxcamError("integer images must have values in 0..255")
         return a.astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
         if np.isnan(a).any():
-            raise ValueError("image contains NaN values")
+            raise FxcamError("image contains NaN values")
         return np.clip(a, 0.0, 1.0)
-    raise ValueError(f"unsupported image dtype {a.dtype}")
+    raise FxcamError(f"unsupported image dtype {a.dtype}")
 
 
 def _as_uint8(a: np.ndarray) -> np.ndarray:
@@ -196,7 +198,7 @@ def _cam_array(cam, size_hw: tuple[int, int]) -> np.ndarray:
     if c.ndim == 3 and c.shape[0] == 1:
         c = c[0]
     if c.ndim != 2:
-        raise ValueError(
+        raise FxcamError(
             f"cam must be a single map of shape (H, W) or (1, H, W), got shape {tuple(c.shape)}; "
             "pass one map at a time (e.g. cams[i])"
         )
@@ -204,7 +206,7 @@ def _cam_array(cam, size_hw: tuple[int, int]) -> np.ndarray:
         c = c.astype(np.float32)
     c = c.astype(np.float32)
     if np.isnan(c).any():
-        raise ValueError("cam contains NaN values")
+        raise FxcamError("cam contains NaN values")
     if c.shape != size_hw:
         h, w = size_hw
         c = np.asarray(Image.fromarray(c, mode="F").resize((w, h), Image.BILINEAR))
@@ -220,7 +222,7 @@ def overlay(image, cam, colormap: str = "jet", alpha: float = 0.5) -> Image.Imag
     ``alpha`` is the weight of the heat map: 0 gives the image, 1 the heat map alone.
     """
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise FxcamError(f"alpha must be in [0, 1], got {alpha}")
     colormap_lut(colormap)  # validate the name before any work
     img = _rgb_float(image)
     heat = apply_colormap(_cam_array(cam, img.shape[:2]), colormap)
@@ -246,7 +248,7 @@ def _check_labels(labels, n: int, what: str):
         return None
     labels = [str(s) for s in labels]
     if len(labels) != n:
-        raise ValueError(f"{what} has {len(labels)} entries, expected {n}")
+        raise FxcamError(f"{what} has {len(labels)} entries, expected {n}")
     return labels
 
 
@@ -277,20 +279,20 @@ def grid(
     elif isinstance(images, (list, tuple)):
         items = list(images)
     else:
-        raise ValueError(
+        raise FxcamError(
             "grid expects a sequence of images, a (N, C, H, W) tensor or a (N, H, W, C) array, "
             f"got {type(images).__name__}"
             + (f" of shape {tuple(images.shape)}" if hasattr(images, "shape") else "")
         )
     if not items:
-        raise ValueError("grid got no images")
+        raise FxcamError("grid got no images")
     if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
+        raise FxcamError(f"pad must be >= 0, got {pad}")
     n = len(items)
     if nrow is None:
         nrow = math.ceil(math.sqrt(n))
     if int(nrow) < 1:
-        raise ValueError(f"nrow must be >= 1, got {nrow}")
+        raise FxcamError(f"nrow must be >= 1, got {nrow}")
     ncols = min(int(nrow), n)
     nrows = math.ceil(n / ncols)
     labels = _check_labels(labels, n, "labels")

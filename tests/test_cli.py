@@ -358,7 +358,6 @@ def test_cam_to_image_fills_the_crop_box_only():
 
 # --------------------------------------------------------------------------- export, processes
 def test_export_pt2(tmp_path, capsys):
-    pytest.importorskip("fxcam.export")
     from fxcam import instrument
 
     out, layer = tmp_path / "cnn.pt2", DEFAULT_LAYERS["cnn"]

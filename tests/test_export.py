@@ -25,7 +25,7 @@ from torchvision.models.swin_transformer import SwinTransformer
 import fxcam
 from fxcam import FxcamError
 
-fxexport = importlib.import_module("fxcam.export")  # the module (fxcam.export is the function)
+import fxcam.exporter as fxexport  # noqa: E402
 
 GRAPH_METHODS = ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "layercam")
 ACT_TOL = dict(rtol=1e-5, atol=1e-5)  # (logits, activations) after a round trip through a file
@@ -177,6 +177,23 @@ def test_explainer_graph_options_equal_eager(resnet18):
     torch.testing.assert_close(graph(x, idx)[1], explainer(x, [5, 999, 300]), **MAP_TOL)
     explainer = fxcam.Explainer(resnet18, ["layer4", "layer3", "layer2"], "xgradcam", fuse="max")
     torch.testing.assert_close(explainer.to_graph(x[:1])(x)[1], explainer(x), **MAP_TOL)
+
+
+@pytest.mark.parametrize("targets", ["top1", "input"])
+def test_explainer_graph_aug_smooth_logits_and_maps_equal_eager(resnet18, targets):
+    """With aug_smooth the graph returns what the eager Explainer returns: the clean image's logits
+    (it used to return the 0.9-brightness copy's) and the same maps; both are one pipeline."""
+    x = _batches(64)[1]
+    explainer = fxcam.Explainer(resnet18, "layer4", "gradcam", aug_smooth=True)
+    graph = explainer.to_graph(x[:1], targets=targets)
+    classes = [4, 1, 7]
+    eager = explainer.explain(x, classes if targets == "input" else None)
+    logits, cams = graph(x, torch.tensor(classes)) if targets == "input" else graph(x)
+    torch.testing.assert_close(logits, eager.output, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, resnet18(x).detach(), **ACT_TOL)  # the clean image, not a copy
+    assert not torch.allclose(logits, resnet18(0.9 * x).detach(), **ACT_TOL)
+    torch.testing.assert_close(cams, eager.cams, **MAP_TOL)
+    assert float(eager.cams.amax()) > 0.5  # real maps (each an average of 6, so its peak may be below 1)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit"])

@@ -16,7 +16,8 @@ import torchvision
 from torch import nn
 
 import fxcam
-from fxcam.methods.other import fullgrad_map, window_starts
+from fxcam.methods.composite import window_starts
+from fxcam.methods.fullgrad import fullgrad_map
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget  # noqa: E402
@@ -127,7 +128,7 @@ def test_fullgrad_matches_pytorch_grad_cam(net_name, images, request):
 def test_fullgrad_bias_terms_matter(biased_resnet18, images):
     """The bias terms change the map (so the parity above tests them), and the BatchNorm bias is the folded one."""
     explainer = fxcam.Explainer(biased_resnet18, "layer4", "fullgrad")
-    probe = fxcam.api.Probe(explainer, images, [3, 7])
+    probe = explainer.probe(images, [3, 7])
     bg = probe.bias_gradients()
     names = list(bg.grads)
     assert len(names) == 20 and names[0] == "bn1"  # every BatchNorm of resnet18, in graph order
@@ -186,7 +187,7 @@ def test_fullgrad_runs_the_model_once(biased_resnet18, images, monkeypatch):
     def no_clean_pass(x):
         raise AssertionError("fullgrad ran an extra inference pass")
 
-    monkeypatch.setattr(explainer, "_forward", no_clean_pass)
+    monkeypatch.setattr(explainer.instrumented, "forward", no_clean_pass)  # the clean pass would run it
     expl = explainer.explain(images, [3, 7])
     logits = biased_resnet18(images)
     assert torch.allclose(expl.output, logits, atol=1e-5)
@@ -213,7 +214,7 @@ def test_fullgrad_warns_about_bias_layers_inside_user_leaves(images):
     explainer = fxcam.Explainer(net, "2", "fullgrad", leaf_modules=[ConvBN])
     with pytest.warns(UserWarning, match=r"2 bias layer\(s\) inside leaf modules \['ConvBN'\]"):
         cams = explainer(images, 0)
-    assert [b.name for b in explainer._bias_instrumented()[1]] == ["2"]
+    assert [b.name for b in explainer.compiler.bias()[1]] == ["2"]
     assert cams.shape == (2, 64, 64)
 
 

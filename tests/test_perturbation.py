@@ -123,7 +123,7 @@ def _torchcam(cls, net, layer, x, classes, **kw):
 def _weights(method, net, layer, x, classes, **options):
     """fxcam's per-channel weights ``(N, C)``: contributions divided by the activations."""
     explainer = fxcam.Explainer(net, layer, method, **options)
-    probe = fxcam.api.Probe(explainer, x, classes)
+    probe = explainer.probe(x, classes)
     contrib = explainer.method.fn(probe, **options)[layer]
     acts = probe.acts[layer]
     return (contrib.flatten(2).sum(2) / acts.flatten(2).sum(2)), acts
@@ -255,13 +255,13 @@ def test_ablationcam_vit_tokens_matches_pytorch_grad_cam():
 
 
 def test_channel_axis_of_each_layout():
-    from fxcam.methods.perturbation import _channel_axis
+    from fxcam.methods.ablation import channel_axis
 
-    assert _channel_axis(fxcam.reshape.nchw(), torch.zeros(2, 5, 3, 4), "l") == 1
-    assert _channel_axis(fxcam.reshape.vit(grid=(3, 4), prefix_tokens=1), torch.zeros(2, 13, 5), "l") == 2
-    assert _channel_axis(fxcam.reshape.swin(), torch.zeros(2, 3, 4, 5), "l") == 3
+    assert channel_axis(fxcam.reshape.nchw(), torch.zeros(2, 5, 3, 4), "l") == 1
+    assert channel_axis(fxcam.reshape.vit(grid=(3, 4), prefix_tokens=1), torch.zeros(2, 13, 5), "l") == 2
+    assert channel_axis(fxcam.reshape.swin(), torch.zeros(2, 3, 4, 5), "l") == 3
     with pytest.raises(FxcamError, match="which of its axes"):
-        _channel_axis(lambda t: t.float().mean(1, keepdim=True).expand(-1, 3, -1, -1), torch.zeros(2, 5, 3, 4), "l")
+        channel_axis(lambda t: t.float().mean(1, keepdim=True).expand(-1, 3, -1, -1), torch.zeros(2, 5, 3, 4), "l")
 
 
 # -- Score-CAM family ------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_scorecam_matches_pytorch_grad_cam_resnet18(resnet18, x32):
 def test_scorecam_skip_zero_is_exact(tiny_dead, x16):
     """All-zero channels are scored once per image (0 * x) and keep their place in the softmax:
     the weights equal torchcam's, not just the map."""
-    probe = fxcam.api.Probe(fxcam.Explainer(tiny_dead, "act2", "scorecam"), x16, [0, 2])
+    probe = fxcam.Explainer(tiny_dead, "act2", "scorecam").probe(x16, [0, 2])
     assert bool((probe.acts["act2"].flatten(2) == 0).all(2)[:, [1, 4, 7]].all())
     skip, acts = _weights("scorecam", tiny_dead, "act2", x16, [0, 2])
     full, _ = _weights("scorecam", tiny_dead, "act2", x16, [0, 2], skip_zero=False)

@@ -20,7 +20,6 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import fxcam
-from fxcam.api import Probe
 from fxcam.passes.attention import ATTENTION, explicit_attention
 from fxcam.reshape import nchw, swin, vit
 from fxcam.trace import node_by_name, trace
@@ -286,7 +285,7 @@ def test_legrad_matches_torchcam():
     x, targets = batch((2, 3, 32, 32)), [3, 7]
     layers = ["encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_2"]
     ex = fxcam.Explainer(model, layers, method="legrad")
-    raw = ex.method.fn(Probe(ex, x, targets))[layers[0]][:, 0]
+    raw = ex.method.fn(ex.probe(x, targets))[layers[0]][:, 0]
     with LeGrad(model, [model.encoder.layers[1], model.encoder.layers[2]]) as extractor:
         ref = extractor(targets, model(x), normalized=False)[0]
     assert raw.shape == ref.shape == (2, 4, 4)
@@ -311,7 +310,7 @@ def test_gradrollout_by_hand():
         r = r + (g * a).clamp(min=0).mean(1) @ r
     ref = r[:, 0, 1:].reshape(2, 4, 6)
     ex = fxcam.Explainer(model, method="gradrollout")
-    raw = ex.method.fn(Probe(ex, x, targets))[ex.layers[0]][:, 0]
+    raw = ex.method.fn(ex.probe(x, targets))[ex.layers[0]][:, 0]
     assert torch.allclose(raw, ref, rtol=1e-4, atol=1e-6)
     check_maps(ex(x, targets), (2, 32, 48))
 

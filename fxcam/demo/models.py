@@ -23,6 +23,8 @@ from importlib import resources
 import torch
 from torch import nn
 
+from ..errors import FxcamError
+
 from .scenes import CLASSES, IMAGE_SIZE, MEAN, STD
 
 __all__ = ["DEFAULT_LAYERS", "DemoCNN", "DemoViT", "load_demo_model"]
@@ -76,7 +78,7 @@ class DemoCNN(nn.Module):
         super().__init__()
         w0, w1, w2, w3 = widths
         if pool not in ("avg", "max"):
-            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+            raise FxcamError(f"pool must be 'avg' or 'max', got {pool!r}")
         self.normalize = Normalize()
         self.features = nn.Sequential(
             nn.Sequential(*_conv_bn_relu(3, w0, 2)),  # 48x48
@@ -102,7 +104,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, dim: int, patch_size: int = 8):
         super().__init__()
         if patch_size != 8:
-            raise ValueError(f"PatchEmbed supports patch_size=8 only, got {patch_size}")
+            raise FxcamError(f"PatchEmbed supports patch_size=8 only, got {patch_size}")
         self.patch_size = patch_size
         self.grid_size = (IMAGE_SIZE // patch_size, IMAGE_SIZE // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
@@ -127,7 +129,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise FxcamError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
@@ -187,7 +189,7 @@ class DemoViT(nn.Module):
     ):
         super().__init__()
         if global_pool not in ("avg", "token"):
-            raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
+            raise FxcamError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
         self.global_pool = global_pool
         self.patch_size = patch_size
         self.embed_dim = dim
@@ -235,11 +237,11 @@ def load_demo_model(name: str = "cnn", device="cpu") -> nn.Module:
     as float16 to keep the package small; see ``examples/train_demo.py``).
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown demo model {name!r}; choose one of {sorted(_BUILDERS)}")
+        raise FxcamError(f"unknown demo model {name!r}; choose one of {sorted(_BUILDERS)}")
     model = _BUILDERS[name]()
     ref = resources.files(__package__).joinpath("weights", _WEIGHTS[name])
     if not ref.is_file():
-        raise FileNotFoundError(
+        raise FxcamError(
             f"demo weights {_WEIGHTS[name]!r} are missing from fxcam/demo/weights/; "
             "run `python examples/train_demo.py` to produce them"
         )

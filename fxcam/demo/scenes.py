@@ -24,6 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import FxcamError
+
 __all__ = ["CLASSES", "IMAGE_SIZE", "MEAN", "STD", "make_scenes", "normalize"]
 
 #: Class names, index = label.
@@ -105,7 +107,7 @@ def _shape_mask(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return (x * x + y * y - 1.0) ** 3 - x * x * y**3 <= 0.0
     if kind == _BAR:  # distractor bar
         return (u.abs() <= 1.0) & (v.abs() <= 0.28)
-    raise ValueError(f"unknown shape kind {kind}")
+    raise FxcamError(f"unknown shape kind {kind}")
 
 
 def _draw(kinds, cx, cy, r, theta, grid) -> torch.Tensor:
@@ -205,10 +207,10 @@ def make_scenes(
     The same ``(n, seed)`` always gives the same tensors (on the same torch build).
     """
     if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+        raise FxcamError(f"n must be a non-negative int, got {n!r}")
     lo, hi = distractors
     if not 0 <= lo <= hi:
-        raise ValueError(f"distractors must be (min, max) with 0 <= min <= max, got {distractors!r}")
+        raise FxcamError(f"distractors must be (min, max) with 0 <= min <= max, got {distractors!r}")
     g = torch.Generator().manual_seed(int(seed))
     size = IMAGE_SIZE
     labels = (torch.arange(n) % len(CLASSES))[torch.randperm(n, generator=g)]

@@ -10,95 +10,26 @@ Three kinds of method:
 - ``"driver"``: ``fn(probe, **options) -> {layer: contributions}``; the method runs the
   compiled graph itself through ``probe`` (noise samples, masked inputs, ablations).
 
-The explainer turns contributions into maps: channel sum (or the first principal component
-for ``project=True`` methods and ``eigen_smooth=True``), ReLU, upsampling, normalization,
-fusion of layers. Adding a method is one function and one ``@register`` line; methods never
-import each other, only torch and fxcam's torch-only helpers (``_shapes``, ``fxcam.ops``).
+The explainer turns contributions into maps (:func:`fxcam.maps.to_maps`): channel sum (or the
+first principal component for ``project=True`` methods and ``eigen_smooth=True``), ReLU,
+upsampling, normalization, fusion of layers. Adding a method is one function and one
+``@register`` line (:mod:`fxcam.methods.registry`) in the module of its mechanism; methods never
+import each other (a composite method takes its base by registry name), only torch and
+fxcam's lower layers (``ops``, ``targets``, ``batching``, ``progress``, ``probe``, ``passes``).
+
+Modules, by mechanism: ``gradient`` (weights from the gradient), ``activation`` (activations
+only), ``smooth`` (gradients over noisy inputs), ``hessian`` (second-order gradients),
+``ablation`` (channels ablated, the suffix re-run), ``score`` (inputs masked by channels),
+``cam`` (the classifier's weights), ``fullgrad`` (bias gradients), ``composite`` (a base
+method's maps combined: Finer-CAM, RefineCAM, SESS), ``transformer`` (attention).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from ..errors import FxcamError, closest
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    fn: Callable
-    kind: str  # "gradient" | "activation" | "driver"
-    summary: str
-    paper: str
-    project: bool = False  # the map is the first principal component of the contributions
-    layer_scale: Callable | None = field(default=None)  # applied to each normalized layer map before fusion
-
-    @property
-    def options(self) -> dict[str, object]:
-        params = list(inspect.signature(self.fn).parameters.values())
-        skip = {"gradient": 2, "activation": 1, "driver": 1}[self.kind]
-        return {p.name: p.default for p in params[skip:]}
-
-    def check_options(self, options: dict) -> None:
-        valid = self.options
-        unknown = [k for k in options if k not in valid]
-        if unknown:
-            raise FxcamError(
-                f"Method '{self.name}' has no option {unknown}; its options are {valid or 'none'}."
-            )
-
-
-_REGISTRY: dict[str, Method] = {}
-KINDS = ("gradient", "activation", "driver")
-
-
-def register(name: str, *, kind: str, summary: str, paper: str, project: bool = False, layer_scale=None):
-    """Decorator: register ``fn`` under ``name``."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
-
-    def deco(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"A method named {name!r} is already registered.")
-        _REGISTRY[name] = Method(name, fn, kind, summary, paper, project, layer_scale)
-        return fn
-
-    return deco
-
-
-def get(name: str) -> Method:
-    """The registered method ``name`` (case-insensitive; ``-``/``_``/``+`` spellings accepted)."""
-    if isinstance(name, Method):
-        return name
-    key = str(name).lower().replace("-", "").replace("+", "p").replace(" ", "")
-    aliases = {"gradcamplusplus": "gradcampp", "gradcam++": "gradcampp", "smoothgradcamplusplus": "smoothgradcampp"}
-    key = aliases.get(key, key)
-    if key not in _REGISTRY:
-        key = key.replace("_", "")
-        match = {k.replace("_", ""): k for k in _REGISTRY}.get(key)
-        if match is None:
-            raise FxcamError(
-                f"Unknown method {name!r}. Closest: {closest(str(name), _REGISTRY)}; all methods: {available()} "
-                f"(fxcam.methods.available())."
-            )
-        key = match
-    return _REGISTRY[key]
-
-
-def available() -> list[str]:
-    """Names of all registered methods."""
-    return sorted(_REGISTRY)
-
-
-def describe() -> dict[str, str]:
-    """``{name: one-line summary}`` for every method."""
-    return {name: _REGISTRY[name].summary for name in available()}
-
+from .registry import KINDS, Method, available, describe, get, register
 
 # registration happens on import of the method modules
-from . import activation, gradient, smooth  # noqa: E402,F401
-from . import perturbation, transformer, other  # noqa: E402,F401
+from . import ablation, activation, cam, composite, fullgrad, gradient, hessian, score, smooth  # noqa: E402,F401,I001
+from . import transformer  # noqa: E402,F401
 
-__all__ = ["Method", "register", "get", "available", "describe"]
+__all__ = ["Method", "register", "get", "available", "describe", "KINDS"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import register
-from ._shapes import expand_as_weights as _expand
-from ._shapes import spatial_dims as _spatial
+from ..errors import FxcamError
+from ..ops import expand_as_weights as _expand
+from ..ops import spatial_dims as _spatial
+from .registry import register
 
 
 @register(
@@ -88,7 +89,7 @@ def gradcampp(acts: Tensor, grads: Tensor, alpha: str = "paper") -> Tensor:
         denom = 2 * g2 + _expand((g3 * acts).sum(dims), acts)
         a = torch.where(g2 > 0, g2 / (denom + 1e-8), g2)
     else:
-        raise ValueError(f"gradcampp: alpha must be one of {GRADCAMPP_ALPHAS}; got {alpha!r}.")
+        raise FxcamError(f"gradcampp: alpha must be one of {GRADCAMPP_ALPHAS}; got {alpha!r}.")
     weights = (a * torch.relu(grads)).sum(dims)
     return _expand(weights, acts) * acts
 

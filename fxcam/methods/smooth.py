@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import register
+from ..errors import FxcamError
+from ..probe import Probe
+from .registry import register
 
 
 @register(
@@ -15,7 +17,7 @@ from . import register
     paper="Omeiza et al., Smooth Grad-CAM++, 2019. https://arxiv.org/abs/1908.01224",
 )
 def smoothgradcampp(
-    probe,
+    probe: Probe,
     num_samples: int = 4,
     std: float = 0.3,
     variant: str = "paper",
@@ -40,9 +42,9 @@ def smoothgradcampp(
     copy is the clean image's (top-1 when no target is given).
     """
     if variant not in ("paper", "torchcam"):
-        raise ValueError(f"smoothgradcampp: variant must be 'paper' or 'torchcam'; got {variant!r}.")
+        raise FxcamError(f"smoothgradcampp: variant must be 'paper' or 'torchcam'; got {variant!r}.")
     if num_samples < 1:
-        raise ValueError(f"smoothgradcampp: num_samples must be >= 1; got {num_samples}.")
+        raise FxcamError(f"smoothgradcampp: num_samples must be >= 1; got {num_samples}.")
     x = probe.x
     device = generator.device if generator is not None else x.device
     noise = torch.randn((num_samples, *x.shape), generator=generator, dtype=x.dtype, device=device)

@@ -4,7 +4,7 @@ The attention probabilities are nodes of the traced graph, not hook captures: th
 compiles the model once more with fused attention made explicit
 (:func:`fxcam.passes.attention.explicit_attention`: ``F.scaled_dot_product_attention`` and
 ``nn.MultiheadAttention`` become matmul-softmax-matmul) and the softmax outputs tapped
-(:meth:`fxcam.api.Probe.attention`). Both methods need global self-attention over one token
+(:meth:`fxcam.probe.Probe.attention`). Both methods need global self-attention over one token
 sequence per image (ViT, DeiT, DINOv2 with registers); window attention (Swin, MaxViT)
 raises an error that points to the gradient methods.
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import register
+from ..errors import FxcamError
+from ..probe import Probe
+from .registry import register
 
 
 def _selected_blocks(layers, blocks: dict[str, str | None], method: str) -> list[str]:
@@ -28,7 +30,7 @@ def _selected_blocks(layers, blocks: dict[str, str | None], method: str) -> list
         hits += [a for a in blocks if layer == a or layer.startswith(a + ".")]
         if not hits:
             valid = [b for b in blocks.values() if b is not None]
-            raise ValueError(
+            raise FxcamError(
                 f"{method}: layer '{layer}' is not inside a transformer block with attention. Pass blocks (or layers "
                 f"inside them) as layers=, e.g. {valid[-2:]}; the model's blocks: {valid}."
             )
@@ -42,7 +44,7 @@ def _selected_blocks(layers, blocks: dict[str, str | None], method: str) -> list
     summary="LeGrad: positive gradients of each block's class score w.r.t. its attention probabilities (ViT).",
     paper="Bousselham et al., LeGrad, 2024, Eq. 4-6. https://arxiv.org/abs/2404.03214 (torchcam 0.5.0 LeGrad)",
 )
-def legrad(probe) -> dict[str, Tensor]:
+def legrad(probe: Probe) -> dict[str, Tensor]:
     r"""LeGrad as torchcam 0.5.0 computes it.
 
     For each selected block :math:`l` with post-softmax attention :math:`A^l` (heads
@@ -66,15 +68,15 @@ def legrad(probe) -> dict[str, Tensor]:
     att = probe.attention()
     att.check_global("legrad")
     if att.head is None:
-        raise ValueError(
+        raise FxcamError(
             "legrad scores every block with the model's final norm and classifier; fxcam finds them in torchvision's "
             "VisionTransformer and in timm-shaped ViTs (forward_head, or norm + head) only. Use 'gradrollout' (no "
             "per-block score) for this model."
         )
-    chosen = _selected_blocks(probe.explainer.layers, att.blocks, "legrad")
+    chosen = _selected_blocks(probe.layers, att.blocks, "legrad")
     missing = [a for a in chosen if a not in att.tokens]
     if missing:
-        raise ValueError(f"legrad: no block output found for attention {missing}; pass the blocks as layers=.")
+        raise FxcamError(f"legrad: no block output found for attention {missing}; pass the blocks as layers=.")
     targets = probe.class_idx if probe.class_idx is not None else probe.targets
     relevance = None
     for i, a in enumerate(chosen):
@@ -84,7 +86,7 @@ def legrad(probe) -> dict[str, Tensor]:
         r = torch.relu(grad.float()).mean((1, 2))  # (N, K)
         relevance = r if relevance is None else relevance + r
     cam = att.to_map(relevance / len(chosen))
-    return {layer: cam for layer in probe.explainer.layers}
+    return {layer: cam for layer in probe.layers}
 
 
 @register(
@@ -94,7 +96,7 @@ def legrad(probe) -> dict[str, Tensor]:
     paper="Chefer, Gur & Wolf, Generic Attention-model Explainability, ICCV 2021, Eq. 5-6. "
     "https://arxiv.org/abs/2103.15679",
 )
-def gradrollout(probe) -> dict[str, Tensor]:
+def gradrollout(probe: Probe) -> dict[str, Tensor]:
     r"""Gradient-weighted attention rollout (Chefer et al. 2021, Eq. 5-6).
 
     With :math:`A^b` the post-softmax attention of block :math:`b` and
@@ -122,4 +124,4 @@ def gradrollout(probe) -> dict[str, Tensor]:
         rollout = rollout + weighted @ rollout
     row = rollout[:, 0] if att.prefix_tokens > 0 else rollout.mean(1)
     cam = att.to_map(row)
-    return {layer: cam for layer in probe.explainer.layers}
+    return {layer: cam for layer in probe.layers}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from ..errors import LayerNotFoundError
 from ._util import finish
 
 
@@ -48,7 +49,7 @@ def split_at(gm: fx.GraphModule, at: Iterable[str]) -> Split:
     names = {n.name for n in graph.nodes}
     unknown = [a for a in at if a not in names]
     if unknown:
-        raise KeyError(f"split_at: no node named {unknown} in the graph.")
+        raise LayerNotFoundError(f"split_at: no node named {unknown} in the graph.")
     after = _descendants(graph, set(at))
     output = next(n for n in graph.nodes if n.op == "output")
 

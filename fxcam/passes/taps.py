@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import torch.fx as fx
 
+from ..errors import LayerNotFoundError
 from ._util import copy_graph_module, finish
 
 
@@ -21,7 +22,7 @@ def insert_taps(gm: fx.GraphModule, taps: Mapping[str, str]) -> fx.GraphModule:
     nodes = {n.name: n for n in graph.nodes}
     missing = [n for n in taps.values() if n not in nodes]
     if missing:
-        raise KeyError(f"insert_taps: no node named {missing} in the graph; see fxcam.list_layers(model).")
+        raise LayerNotFoundError(f"insert_taps: no node named {missing} in the graph; see fxcam.list_layers(model).")
     (output,) = [n for n in graph.nodes if n.op == "output"]
     (result,) = output.args
     output.args = ((result, {layer: nodes[name] for layer, name in taps.items()}),)
