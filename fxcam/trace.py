@@ -12,6 +12,7 @@ every pass that copies the graph.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import linecache
 import math
@@ -132,6 +133,17 @@ def _trace_error(model: nn.Module, tracer: _Tracer, exc: Exception) -> TraceErro
     )
 
 
+def _root_copy(model: nn.Module) -> nn.Module:
+    """A shallow copy of the model's top-level module to trace: torch.fx stores every tensor constant
+    of the forward as an attribute ``_tensor_constantN`` of the traced root, which must not be the
+    user's model. Submodules, parameters and buffers are shared (the same objects), not copied."""
+    root = copy.copy(model)
+    root.__dict__ = dict(model.__dict__)
+    for registry in ("_parameters", "_buffers", "_modules"):  # registering on the copy must not reach the model
+        root.__dict__[registry] = dict(model.__dict__[registry])
+    return root
+
+
 def trace(
     model: nn.Module,
     *,
@@ -160,7 +172,7 @@ def trace(
         autowrap_functions=tuple({*timm_fns, *autowrap_functions}),
     )
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(_root_copy(model))
     except TraceError:
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with context

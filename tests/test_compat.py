@@ -5,15 +5,14 @@ import pytest
 
 import fxcam.compat as compat
 
-pgc = pytest.importorskip("pytorch_grad_cam")
+pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget as PgcTarget  # noqa: E402
 
 
 @pytest.mark.parametrize("cls", ["GradCAM", "HiResCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "GradCAMElementWise"])
-def test_same_interface_same_maps(resnet18, images, cls):
+def test_same_interface_same_maps(resnet18, images, cls, pgc_cams):
     targets = [PgcTarget(3), PgcTarget(7)]
-    with getattr(pgc, cls)(model=resnet18, target_layers=[resnet18.layer3, resnet18.layer4]) as cam:
-        ref = cam(input_tensor=images, targets=targets)
+    ref = pgc_cams(resnet18, cls, [resnet18.layer3, resnet18.layer4], images, targets).numpy()
     with getattr(compat, cls)(model=resnet18, target_layers=[resnet18.layer3, resnet18.layer4]) as cam:
         ours = cam(input_tensor=images, targets=[compat.ClassifierOutputTarget(3), compat.ClassifierOutputTarget(7)])
         ours_eigen = cam(input_tensor=images, targets=targets, eigen_smooth=True)

@@ -8,6 +8,7 @@ Every file is exported once from a batch-1 example and run at batch sizes 1 and 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import importlib
 import io
@@ -72,46 +73,27 @@ def _batches(size, channels=3):
     return [torch.randn(n, channels, size, size, generator=g) for n in (1, 3)]
 
 
-def _state(model):
-    """Everything about a model that exporting must not change."""
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        [(m.training, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
-         for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-    )
-
-
-def _assert_unchanged(model, before):
-    after = _state(model)
-    assert before[0].keys() == after[0].keys()
-    for k in before[0]:
-        assert torch.equal(before[0][k], after[0][k]), k
-    assert before[1] == after[1] and before[2] == after[2]
-
-
 # -- the instrumented model: x -> (logits, {layer: act}) ---------------------------------------
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit"])
-def test_instrumented_pt2_roundtrip(arch, resnet18, vit, swin, tmp_path):
+def test_instrumented_pt2_roundtrip(arch, resnet18, vit, swin, tmp_path, untouched):
     model, layers, size = _case(arch, resnet18, vit, swin)
-    before = _state(model)
-    inst = fxcam.instrument(model, layers)
-    path = fxcam.export(inst, _batches(size)[0], tmp_path / "m.pt2")
-    assert path == tmp_path / "m.pt2" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
-    loaded = torch.export.load(path).module()
-    for x in _batches(size):  # one export, batch 1 and 3
-        logits, acts = inst(x)
-        got_logits, got_acts = loaded(x)
-        assert list(got_acts) == layers  # dict keys are the layer names, in order
-        torch.testing.assert_close(got_logits, logits, **ACT_TOL)
-        for k in layers:
-            torch.testing.assert_close(got_acts[k], acts[k], **ACT_TOL)
-    with zipfile.ZipFile(path) as z:
-        meta = json.loads(next(z.read(n) for n in z.namelist() if n.endswith("fxcam.json")))
-    assert meta["outputs"] == ["logits", *[f"act:{k}" for k in layers]] and meta["layers"] == layers
-    _assert_unchanged(model, before)
+    with untouched(model):
+        inst = fxcam.instrument(model, layers)
+        path = fxcam.export(inst, _batches(size)[0], tmp_path / "m.pt2")
+        assert path == tmp_path / "m.pt2" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
+        loaded = torch.export.load(path).module()
+        for x in _batches(size):  # one export, batch 1 and 3
+            logits, acts = inst(x)
+            got_logits, got_acts = loaded(x)
+            assert list(got_acts) == layers  # dict keys are the layer names, in order
+            torch.testing.assert_close(got_logits, logits, **ACT_TOL)
+            for k in layers:
+                torch.testing.assert_close(got_acts[k], acts[k], **ACT_TOL)
+        with zipfile.ZipFile(path) as z:
+            meta = json.loads(next(z.read(n) for n in z.namelist() if n.endswith("fxcam.json")))
+        assert meta["outputs"] == ["logits", *[f"act:{k}" for k in layers]] and meta["layers"] == layers
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit"])
@@ -142,30 +124,29 @@ def test_instrumented_onnx_roundtrip(arch, resnet18, vit, swin, tmp_path):
     "arch,method",
     [("resnet18", m) for m in GRAPH_METHODS] + [("vit", "gradcam"), ("vit", "gradcampp"), ("swin", "gradcam")],
 )
-def test_explainer_graph_equals_eager(arch, method, resnet18, vit, swin):
+def test_explainer_graph_equals_eager(arch, method, resnet18, vit, swin, untouched):
     model, layers, size = _case(arch, resnet18, vit, swin)
     layers = layers if method == "layercam" else layers[:1]  # layercam: two layers, fused
-    before = _state(model) if method == "gradcam" else None
-    explainer = fxcam.Explainer(model, layers, method)
-    xs = _batches(size)
-    graph = explainer.to_graph(xs[0])
-    assert isinstance(graph, fx.GraphModule)
-    # one graph of ATen ops: no module calls (so no hooks, no Python forward), no autograd engine
-    ops = [n for n in graph.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
-    assert all(n.op == "call_function" for n in ops)
-    assert any("convolution_backward" in str(n.target) or "mm" in str(n.target) for n in ops)  # the backward is in it
-    assert not any(p.requires_grad for p in graph.parameters())
-    shared = {p.data_ptr() for p in model.parameters()}
-    assert all(p.data_ptr() in shared for p in graph.parameters())  # the model's weights, not copies
-    for x in xs:
-        logits, cams = graph(x)
-        torch.testing.assert_close(logits, model(x).detach(), **ACT_TOL)
-        expected = explainer(x)
-        assert cams.shape == expected.shape == (x.shape[0], size, size)
-        torch.testing.assert_close(cams, expected, **MAP_TOL)
-        assert float(expected.amax()) > 0.99  # a real map, not all zeros
-    if before is not None:
-        _assert_unchanged(model, before)
+    with untouched(model) if method == "gradcam" else contextlib.nullcontext():
+        explainer = fxcam.Explainer(model, layers, method)
+        xs = _batches(size)
+        graph = explainer.to_graph(xs[0])
+        assert isinstance(graph, fx.GraphModule)
+        # one graph of ATen ops: no module calls (so no hooks, no Python forward), no autograd engine
+        ops = [n for n in graph.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
+        assert all(n.op == "call_function" for n in ops)
+        # the backward is in it
+        assert any("convolution_backward" in str(n.target) or "mm" in str(n.target) for n in ops)
+        assert not any(p.requires_grad for p in graph.parameters())
+        shared = {p.data_ptr() for p in model.parameters()}
+        assert all(p.data_ptr() in shared for p in graph.parameters())  # the model's weights, not copies
+        for x in xs:
+            logits, cams = graph(x)
+            torch.testing.assert_close(logits, model(x).detach(), **ACT_TOL)
+            expected = explainer(x)
+            assert cams.shape == expected.shape == (x.shape[0], size, size)
+            torch.testing.assert_close(cams, expected, **MAP_TOL)
+            assert float(expected.amax()) > 0.99  # a real map, not all zeros
 
 
 def test_explainer_graph_options_equal_eager(resnet18):

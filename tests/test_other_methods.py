@@ -19,21 +19,11 @@ import fxcam
 from fxcam.methods.composite import window_starts
 from fxcam.methods.fullgrad import fullgrad_map
 
-pgc = pytest.importorskip("pytorch_grad_cam")
+pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget  # noqa: E402
 
 TOL = 1e-4
 T = ClassifierOutputTarget
-
-
-def _pgc(cls, net, layers, x, targets, *, call=None, **kw):
-    """Run a pytorch-grad-cam method and remove its hooks afterwards."""
-    cam = getattr(pgc, cls)(net, [net.get_submodule(name) for name in layers], **kw)
-    try:
-        return cam(x, targets, **(call or {}))
-    finally:
-        for base in getattr(cam, "base_cam_per_layer", None) or [getattr(cam, "base_cam", cam)]:
-            base.activations_and_grads.release()
 
 
 def _diff(ours, ref) -> float:
@@ -95,34 +85,21 @@ def tinynet():
     return _randomize(TinyNet().eval(), seed=1)
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [
-        (p.requires_grad, p.grad) for p in model.parameters()
-    ], [(m.training, getattr(m, "inplace", None)) for m in model.modules()]
-
-
 # ---------------------------------------------------------------------------------------------
 # FullGrad
 
 
 @pytest.mark.parametrize("net_name", ["biased_resnet18", "mobilenet", "tinynet"])
-def test_fullgrad_matches_pytorch_grad_cam(net_name, images, request):
+def test_fullgrad_matches_pytorch_grad_cam(net_name, images, request, pgc_cams, untouched):
     net = request.getfixturevalue(net_name)
-    with pgc.FullGrad(net, []) as cam:
-        ref = cam(images, [T(3), T(7)])
-    for p in net.parameters():  # pytorch-grad-cam's backward() fills .grad; fxcam must not
-        p.grad = None
-    before = _state(net)
+    ref = pgc_cams(net, "FullGrad", [], images, [T(3), T(7)])  # its backward()'s .grad is undone
     net_layers = {"biased_resnet18": "layer4", "mobilenet": "features.12", "tinynet": "3"}[net_name]
-    explainer = fxcam.Explainer(net, net_layers, "fullgrad")
-    ours = explainer(images, [3, T(7)])
+    # the model is untouched (no .grad, no hooks, parameters, buffers, flags), fxcam's backward included
+    with untouched(net, bare=True):
+        explainer = fxcam.Explainer(net, net_layers, "fullgrad")
+        ours = explainer(images, [3, T(7)])
     assert ours.shape == (2, 64, 64)
     assert _diff(ours, ref) <= TOL
-    # the model is untouched: parameters, buffers, requires_grad, no .grad, flags
-    after = _state(net)
-    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
-    assert before[1] == after[1] and before[2] == after[2]
-    assert all(not m._forward_hooks and not m._backward_hooks for m in net.modules())
 
 
 def test_fullgrad_bias_terms_matter(biased_resnet18, images):
@@ -140,7 +117,7 @@ def test_fullgrad_bias_terms_matter(biased_resnet18, images):
     assert _diff(fxcam.ops.normalize(full), fxcam.ops.normalize(input_only)) > 0.05
 
 
-def test_fullgrad_hand_computed():
+def test_fullgrad_hand_computed(pgc_cams):
     r"""y = out[0, 0, 0] of  conv1x1(1->2, bias b) -> BN(2) -> avgpool 2 -> conv1x1(2->1, bias c)  on a 4x4 input.
 
     dy/d(out) is 1 at (0, 0); through the average pool every upstream gradient is constant on the
@@ -176,8 +153,7 @@ def test_fullgrad_hand_computed():
 
     ours = fxcam.Explainer(net, "0", "fullgrad")(x, 0)[0]
     assert (ours - expected).abs().max() <= 1e-5
-    with pgc.FullGrad(net, []) as cam:
-        ref = cam(x, [T(0)])[0]
+    ref = pgc_cams(net, "FullGrad", [], x, [T(0)])[0]
     assert _diff(ours, ref) <= 1e-5
 
 
@@ -234,27 +210,27 @@ def test_fullgrad_warns_about_bias_layers_inside_user_leaves(images):
     ],
     ids=["sigmoid-l3", "sigmoid-l4", "sigmoid-l3+l4", "rbf", "poly", "cosine"],
 )
-def test_kpcacam_matches_pytorch_grad_cam(resnet18, images, layers, options):
-    ref = _pgc("KPCA_CAM", resnet18, layers, images, None, **options)
+def test_kpcacam_matches_pytorch_grad_cam(resnet18, images, layers, options, pgc_cams):
+    ref = pgc_cams(resnet18, "KPCA_CAM", layers, images, None, **options)
     ours = fxcam.Explainer(resnet18, layers, "kpcacam", **options)(images)
     assert _diff(ours, ref) <= TOL
 
 
 @pytest.mark.parametrize("layers, k", [(["layer3", "layer4"], 2.0), (["layer3"], 1.0)])
-def test_fem_matches_pytorch_grad_cam(resnet18, images, layers, k):
-    ref = _pgc("FEM", resnet18, layers, images, None, k=k)
+def test_fem_matches_pytorch_grad_cam(resnet18, images, layers, k, pgc_cams):
+    ref = pgc_cams(resnet18, "FEM", layers, images, None, k=k)
     ours = fxcam.Explainer(resnet18, layers, "fem", k=k)(images)
     assert _diff(ours, ref) <= TOL
 
 
-def test_randomcam_matches_pytorch_grad_cam_and_is_seeded(resnet18, images, monkeypatch):
+def test_randomcam_matches_pytorch_grad_cam_and_is_seeded(resnet18, images, monkeypatch, pgc_cams):
     """pytorch-grad-cam draws from numpy's global generator: feed it the weights fxcam draws from
     its seeded torch generator, then the maps must agree."""
     from pytorch_grad_cam import random_cam
 
     weights = torch.rand((2, 512), generator=torch.Generator().manual_seed(5)) * 2 - 1
     monkeypatch.setattr(random_cam.np.random, "uniform", lambda low, high, size: weights.double().numpy())
-    ref = _pgc("RandomCAM", resnet18, ["layer4"], images, [T(3), T(7)])
+    ref = pgc_cams(resnet18, "RandomCAM", ["layer4"], images, [T(3), T(7)])
     ours = fxcam.Explainer(resnet18, "layer4", "randomcam", generator=torch.Generator().manual_seed(5))(images)
     assert _diff(ours, ref) <= TOL
     again = fxcam.Explainer(resnet18, "layer4", "randomcam", generator=torch.Generator().manual_seed(5))(images)
@@ -267,11 +243,11 @@ def test_randomcam_matches_pytorch_grad_cam_and_is_seeded(resnet18, images, monk
 # ShapleyCAM, Finer-CAM, RefineCAM
 
 
-def test_shapleycam_matches_pytorch_grad_cam(resnet18, images):
+def test_shapleycam_matches_pytorch_grad_cam(resnet18, images, pgc_cams):
     """With the ReST target (softmax inside) the Hessian term is non-zero at layer3, so the map
     differs from Grad-CAM's; pytorch-grad-cam supports one layer (its HVP frees the graph)."""
     targets = [ClassifierOutputReST(3), ClassifierOutputReST(7)]
-    ref = _pgc("ShapleyCAM", resnet18, ["layer3"], images, targets)
+    ref = pgc_cams(resnet18, "ShapleyCAM", ["layer3"], images, targets)
     ours = fxcam.Explainer(resnet18, "layer3", "shapleycam")(images, targets)
     assert _diff(ours, ref) <= TOL
     gradcam = fxcam.Explainer(resnet18, "layer3", "gradcam")(images, targets)
@@ -281,39 +257,35 @@ def test_shapleycam_matches_pytorch_grad_cam(resnet18, images):
     assert _diff(both.per_layer["layer3"], fxcam.ops.normalize(ours)) <= TOL
 
 
-def test_finercam_matches_pytorch_grad_cam(resnet18, images):
+def test_finercam_matches_pytorch_grad_cam(resnet18, images, pgc_cams):
     layer = "layer3"
-    with pgc.FinerCAM(resnet18, [resnet18.get_submodule(layer)]) as cam:
-        ref_top1 = cam(images, None)
-        ref_5 = cam(images, None, target_idx=5)
+    ref_top1 = pgc_cams(resnet18, "FinerCAM", [layer], images, None)
+    ref_5 = pgc_cams(resnet18, "FinerCAM", [layer], images, None, call={"target_idx": 5})
     assert _diff(fxcam.Explainer(resnet18, layer, "finercam")(images), ref_top1) <= TOL
     assert _diff(fxcam.Explainer(resnet18, layer, "finercam")(images, 5), ref_5) <= TOL
     assert _diff(fxcam.Explainer(resnet18, layer, "gradcam")(images), ref_top1) > 0.05
 
 
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])
-def test_finercam_matches_torchcam(resnet18, images, layer):
-    tcm = pytest.importorskip("torchcam.methods")
-    with tcm.FinerCAM(resnet18, layer, input_shape=(3, 64, 64)) as extractor:
-        ref = extractor(class_idx=[3, 7], scores=resnet18(images))[0].detach()
+def test_finercam_matches_torchcam(resnet18, images, layer, torchcam_cams):
+    ref = torchcam_cams(resnet18, "FinerCAM", layer, images, [3, 7])
     ours = fxcam.Explainer(resnet18, layer, "finercam", variant="torchcam")(images, [3, 7], size=ref.shape[-2:])
     assert _diff(ours, ref) <= TOL
 
 
-def test_refinecam_matches_pytorch_grad_cam(resnet18, images):
+def test_refinecam_matches_pytorch_grad_cam(resnet18, images, pgc_cams):
     layers = ["layer2", "layer3", "layer4"]
-    ref = _pgc("RefineCAM", resnet18, layers, images, [T(3), T(7)])
+    ref = pgc_cams(resnet18, "RefineCAM", layers, images, [T(3), T(7)])
     ours = fxcam.Explainer(resnet18, layers, "refinecam")(images, [3, 7])
     assert _diff(ours, ref) <= TOL
     mean = fxcam.Explainer(resnet18, layers, "gradcampp")(images, [3, 7])
     assert _diff(ours, mean) > 0.05
 
 
-def test_refinecam_matches_torchcam(resnet18, images):
+def test_refinecam_matches_torchcam(resnet18, images, torchcam_cams):
     tcm = pytest.importorskip("torchcam.methods")
     layers = ["layer2", "layer3", "layer4"]
-    with tcm.RefineCAM(resnet18, layers, input_shape=(3, 64, 64), base_method=tcm.GradCAM) as extractor:
-        ref = extractor(class_idx=[3, 7], scores=resnet18(images))[0].detach()
+    ref = torchcam_cams(resnet18, "RefineCAM", layers, images, [3, 7], base_method=tcm.GradCAM)
     ours = fxcam.Explainer(resnet18, layers, "refinecam", base="gradcam", resolution="layers")(
         images, [3, 7], size=ref.shape[-2:]
     )
@@ -340,14 +312,14 @@ def test_window_starts():
     ],
     ids=["default", "max-prefilter", "scales-theta-raw"],
 )
-def test_sess_matches_pytorch_grad_cam(tinynet, images, options):
-    ref = _pgc("SESS", tinynet, ["3"], images, [T(3), T(7)], **options)
+def test_sess_matches_pytorch_grad_cam(tinynet, images, options, pgc_cams):
+    ref = pgc_cams(tinynet, "SESS", ["3"], images, [T(3), T(7)], **options)
     ours = fxcam.Explainer(tinynet, "3", "sess", batch_size=4, **options)(images, [3, 7])
     assert _diff(ours, ref) <= TOL
 
 
-def test_sess_two_layers_default_targets(tinynet, images):
-    ref = _pgc("SESS", tinynet, ["0", "3"], images, None, num_scales=2)
+def test_sess_two_layers_default_targets(tinynet, images, pgc_cams):
+    ref = pgc_cams(tinynet, "SESS", ["0", "3"], images, None, num_scales=2)
     ours = fxcam.Explainer(tinynet, ["0", "3"], "sess", num_scales=2)(images)
     assert _diff(ours, ref) <= TOL
 

@@ -7,12 +7,9 @@ tiny CNNs built here (one with a tap inside a residual block whose values are ne
 with channels that are all zero after the ReLU). Maps are compared on [0, 1], tolerance 1e-4.
 """
 
-import contextlib
 import functools
-import io
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,8 +18,8 @@ import fxcam
 from fxcam.errors import FxcamError
 
 pgc = pytest.importorskip("pytorch_grad_cam")
-tcm = pytest.importorskip("torchcam.methods")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+pytest.importorskip("torchcam.methods")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget  # noqa: E402
 
 TOL = 1e-4
 TIGHT = 1e-5  # tiny models, where the maps agree to ~1e-7: catches e.g. a 1% error in SS-CAM's noise
@@ -102,24 +99,6 @@ def x32():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
 
 
-def _pgc(cls, net, layer, x, classes, **kw):
-    """A pytorch-grad-cam method, its hooks removed and its tqdm bars silenced."""
-    cam = getattr(pgc, cls)(model=net, target_layers=[net.get_submodule(layer)], **kw)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            return cam(x, [ClassifierOutputTarget(c) for c in classes])
-    finally:
-        cam.activations_and_grads.release()
-
-
-def _torchcam(cls, net, layer, x, classes, **kw):
-    """A torchcam extractor's map (layer resolution, normalized), its hooks removed."""
-    with getattr(tcm, cls)(net, target_layer=layer, input_shape=tuple(x.shape[1:]), **kw) as extractor:
-        with torch.no_grad():
-            net(x)
-        return extractor(class_idx=list(classes))[0]
-
-
 def _weights(method, net, layer, x, classes, **options):
     """fxcam's per-channel weights ``(N, C)``: contributions divided by the activations."""
     explainer = fxcam.Explainer(net, layer, method, **options)
@@ -129,20 +108,16 @@ def _weights(method, net, layer, x, classes, **options):
     return (contrib.flatten(2).sum(2) / acts.flatten(2).sum(2)), acts
 
 
-def _frozen(net):
-    return {k: v.clone() for k, v in net.state_dict().items()}, [m.training for m in net.modules()]
-
-
 # -- AblationCAM ---------------------------------------------------------------------------------
-def test_ablationcam_matches_pytorch_grad_cam_resnet18(resnet18, x32):
+def test_ablationcam_matches_pytorch_grad_cam_resnet18(resnet18, x32, pgc_cams):
     """layer2 of resnet18 (post-ReLU: ablation value 0), 128 channels at 4x4, two images, two classes."""
-    ref = _pgc("AblationCAM", resnet18, "layer2", x32, [3, 7])
+    ref = pgc_cams(resnet18, "AblationCAM", "layer2", x32, [3, 7])
     ours = fxcam.Explainer(resnet18, "layer2", "ablationcam")(x32, [3, 7])
     assert ours.shape == (2, 32, 32)
-    assert np.abs(ours.numpy() - ref).max() <= TOL
+    assert (ours - ref).abs().max() <= TOL
 
 
-def test_ablationcam_inside_residual_block_negative_values(tiny_res, x16):
+def test_ablationcam_inside_residual_block_negative_values(tiny_res, x16, pgc_cams):
     """A tap inside a residual block (conv_b, before the add: the skip branch crosses the split)
     whose minimum is negative: every channel is ablated to min - 1e7, which the ReLU after the
     add does not undo. pytorch-grad-cam computes that value only with batch_size=1 (see the
@@ -150,17 +125,17 @@ def test_ablationcam_inside_residual_block_negative_values(tiny_res, x16):
     inst = fxcam.instrument(tiny_res, "conv_b")
     assert len(inst.split_for("conv_b").boundary) == 2  # the activation and the skip branch
     assert inst(x16)[1]["conv_b"].min() < 0
-    ref = _pgc("AblationCAM", tiny_res, "conv_b", x16, [1, 4], batch_size=1)
+    ref = pgc_cams(tiny_res, "AblationCAM", "conv_b", x16, [1, 4], batch_size=1)
     for batch_size in (None, 1, 5):
         ours = fxcam.Explainer(tiny_res, "conv_b", "ablationcam", batch_size=batch_size)(x16, [1, 4])
-        assert np.abs(ours.numpy() - ref).max() <= TOL
+        assert (ours - ref).abs().max() <= TOL
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # pytorch-grad-cam: 0/0 for dead channels
-def test_ablationcam_ratio_channels_to_ablate_matches(tiny_dead, x16):
-    ref = _pgc("AblationCAM", tiny_dead, "act2", x16, [0, 2], ratio_channels_to_ablate=0.3)
+def test_ablationcam_ratio_channels_to_ablate_matches(tiny_dead, x16, pgc_cams):
+    ref = pgc_cams(tiny_dead, "AblationCAM", "act2", x16, [0, 2], ratio_channels_to_ablate=0.3)
     ours = fxcam.Explainer(tiny_dead, "act2", "ablationcam", ratio_channels_to_ablate=0.3)(x16, [0, 2])
-    assert np.abs(ours.numpy() - ref).max() <= TOL
+    assert (ours - ref).abs().max() <= TOL
     full = fxcam.Explainer(tiny_dead, "act2", "ablationcam")(x16, [0, 2])
     assert (full - ours).abs().max() > 1e-3  # the ratio really leaves channels out
 
@@ -205,26 +180,23 @@ def test_ablationcam_options_do_not_change_the_map(tiny_dead, x16):
     assert torch.allclose(skip[:, live], full[:, live], rtol=1e-4, atol=1e-6)
 
 
-def test_ablationcam_two_layers_each_uses_its_own_suffix(tiny_res, x16):
+def test_ablationcam_two_layers_each_uses_its_own_suffix(tiny_res, x16, pgc_cams):
     """conv_b lies in conv_a's suffix: each layer is ablated and re-run from its own split."""
     both = fxcam.Explainer(tiny_res, ["conv_a", "conv_b"], "ablationcam").explain(x16, [1, 4]).per_layer
     for layer in ("conv_a", "conv_b"):
         alone = fxcam.Explainer(tiny_res, layer, "ablationcam").explain(x16, [1, 4]).per_layer[layer]
         assert (both[layer] - alone).abs().max() <= 1e-5
-        ref = _pgc("AblationCAM", tiny_res, layer, x16, [1, 4], batch_size=1)
-        assert np.abs(both[layer].numpy() - ref).max() <= TOL
+        ref = pgc_cams(tiny_res, "AblationCAM", layer, x16, [1, 4], batch_size=1)
+        assert (both[layer] - ref).abs().max() <= TOL
 
 
-def test_ablationcam_does_not_touch_the_model(tiny_res, x16):
-    before, flags = _frozen(tiny_res)
-    fxcam.Explainer(tiny_res, "conv_a", "ablationcam")(x16)
-    after, flags_after = _frozen(tiny_res)
-    assert flags == flags_after and all(torch.equal(before[k], after[k]) for k in before)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_res.modules())
+def test_ablationcam_does_not_touch_the_model(tiny_res, x16, untouched):
+    with untouched(tiny_res, bare=True):
+        fxcam.Explainer(tiny_res, "conv_a", "ablationcam")(x16)
     assert tiny_res.act.inplace  # de-inplaced in fxcam's graph copy only
 
 
-def test_ablationcam_vit_tokens_matches_pytorch_grad_cam():
+def test_ablationcam_vit_tokens_matches_pytorch_grad_cam(pgc_cams):
     """A ViT block's norm1 (tokens (N, 1 + 16, 24), negative values): fxcam ablates the token
     tensor's channel axis over every token, class token included, as pytorch-grad-cam's
     AblationLayerVit (batch_size=1: see the docstring on negative values)."""
@@ -238,20 +210,18 @@ def test_ablationcam_vit_tokens_matches_pytorch_grad_cam():
     def tokens_to_nchw(t):
         return t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
 
-    cam = pgc.AblationCAM(
-        model=vit,
-        target_layers=[vit.blocks[-1].norm1],
+    ref = pgc_cams(
+        vit,
+        "AblationCAM",
+        [vit.blocks[-1].norm1],
+        x,
+        [1, 4],
         reshape_transform=tokens_to_nchw,
         ablation_layer=pgc.ablation_layer.AblationLayerVit(),
         batch_size=1,
     )
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            ref = cam(x, [ClassifierOutputTarget(c) for c in (1, 4)])
-    finally:
-        cam.activations_and_grads.release()
     ours = fxcam.Explainer(vit, "blocks.1.norm1", "ablationcam")(x, [1, 4])
-    assert np.abs(ours.numpy() - ref).max() <= TOL
+    assert (ours - ref).abs().max() <= TOL
 
 
 def test_channel_axis_of_each_layout():
@@ -265,25 +235,25 @@ def test_channel_axis_of_each_layout():
 
 
 # -- Score-CAM family ------------------------------------------------------------------------
-def test_scorecam_matches_torchcam_resnet18(resnet18, x32):
+def test_scorecam_matches_torchcam_resnet18(resnet18, x32, torchcam_cams):
     """layer1 of resnet18 at 32x32: 64 masks of 8x8 upsampled to 32x32 (torchcam: normalize, then
     bilinear upsampling with align_corners=False). Two images: see the tiny-model tests."""
-    ref = _torchcam("ScoreCAM", resnet18, "layer1", x32[:1], [3])
+    ref = torchcam_cams(resnet18, "ScoreCAM", "layer1", x32[:1], [3])
     ours = fxcam.Explainer(resnet18, "layer1", "scorecam")(x32[:1], [3], size=ref.shape[-2:])
     assert (ours - ref).abs().max() <= TOL
 
 
-def test_scorecam_matches_pytorch_grad_cam_resnet18(resnet18, x32):
+def test_scorecam_matches_pytorch_grad_cam_resnet18(resnet18, x32, pgc_cams):
     """masks="pytorch-grad-cam": upsample with align_corners=True, then normalize. The two
     references' maps differ (the test checks that too, so neither comparison is vacuous)."""
-    ref = _pgc("ScoreCAM", resnet18, "layer1", x32[:1], [7])
+    ref = pgc_cams(resnet18, "ScoreCAM", "layer1", x32[:1], [7])
     ours = fxcam.Explainer(resnet18, "layer1", "scorecam", masks="pytorch-grad-cam")(x32[:1], [7])
-    assert np.abs(ours.numpy() - ref).max() <= TOL
+    assert (ours - ref).abs().max() <= TOL
     torchcam_style = fxcam.Explainer(resnet18, "layer1", "scorecam")(x32[:1], [7])
-    assert np.abs(torchcam_style.numpy() - ref).max() > 1e-3
+    assert (torchcam_style - ref).abs().max() > 1e-3
 
 
-def test_scorecam_skip_zero_is_exact(tiny_dead, x16):
+def test_scorecam_skip_zero_is_exact(tiny_dead, x16, torchcam_cams):
     """All-zero channels are scored once per image (0 * x) and keep their place in the softmax:
     the weights equal torchcam's, not just the map."""
     probe = fxcam.Explainer(tiny_dead, "act2", "scorecam").probe(x16, [0, 2])
@@ -292,19 +262,19 @@ def test_scorecam_skip_zero_is_exact(tiny_dead, x16):
     full, _ = _weights("scorecam", tiny_dead, "act2", x16, [0, 2], skip_zero=False)
     live = [c for c in range(10) if c not in (1, 4, 7)]
     assert torch.allclose(skip[:, live], full[:, live], rtol=1e-5, atol=1e-7)
-    ref = _torchcam("ScoreCAM", tiny_dead, "act2", x16, [0, 2], batch_size=7)
+    ref = torchcam_cams(tiny_dead, "ScoreCAM", "act2", x16, [0, 2], batch_size=7)
     for opts in ({}, {"skip_zero": False, "batch_size": 3}):
         ours = fxcam.Explainer(tiny_dead, "act2", "scorecam", **opts)(x16, [0, 2], size=ref.shape[-2:])
         assert (ours - ref).abs().max() <= TOL
 
 
 @pytest.mark.parametrize("skip_zero", [True, False])
-def test_sscam_matches_torchcam(tiny_dead, x16, skip_zero):
+def test_sscam_matches_torchcam(tiny_dead, x16, skip_zero, torchcam_cams):
     """Same noise stream: torchcam draws from the global generator, one (N, C, H, W) tensor per
     sample; fxcam draws the same. skip_zero leaves dead channels out of the softmax, which scales
     the other weights uniformly: the normalized map is unchanged."""
     torch.manual_seed(7)
-    ref = _torchcam("SSCAM", tiny_dead, "act2", x16, [0, 2], num_samples=3)
+    ref = torchcam_cams(tiny_dead, "SSCAM", "act2", x16, [0, 2], num_samples=3)
     torch.manual_seed(7)
     ours = fxcam.Explainer(tiny_dead, "act2", "sscam", num_samples=3, skip_zero=skip_zero)(
         x16, [0, 2], size=ref.shape[-2:]
@@ -323,26 +293,21 @@ def test_sscam_generator_is_reproducible(tiny_dead, x16):
 
 
 @pytest.mark.parametrize("net_name, layer", [("tiny_dead", "act2"), ("tiny_res", "conv_b")])
-def test_iscam_matches_torchcam(request, x16, net_name, layer):
+def test_iscam_matches_torchcam(request, x16, net_name, layer, torchcam_cams):
     net = request.getfixturevalue(net_name)
-    ref = _torchcam("ISCAM", net, layer, x16, [0, 2], num_samples=4)
+    ref = torchcam_cams(net, "ISCAM", layer, x16, [0, 2], num_samples=4)
     ours = fxcam.Explainer(net, layer, "iscam", num_samples=4)(x16, [0, 2], size=ref.shape[-2:])
     assert (ours - ref).abs().max() <= TIGHT
     score = fxcam.Explainer(net, layer, "scorecam")(x16, [0, 2], size=ref.shape[-2:])
     assert (ours - score).abs().max() > 1e-4  # IS-CAM is not Score-CAM
 
 
-def test_scorecam_callable_targets(tiny_dead, x16):
+def test_scorecam_callable_targets(tiny_dead, x16, pgc_cams):
     """A callable target (softmax probability) per image, batched over masked copies."""
     targets = [fxcam.targets.SoftmaxOutput(0), fxcam.targets.SoftmaxOutput(3)]
     ours = fxcam.Explainer(tiny_dead, "act2", "scorecam", masks="pytorch-grad-cam")(x16, targets)
-    cam = pgc.ScoreCAM(model=tiny_dead, target_layers=[tiny_dead.act2])
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            ref = cam(x16, [pgc.utils.model_targets.ClassifierOutputSoftmaxTarget(c) for c in (0, 3)])
-    finally:
-        cam.activations_and_grads.release()
-    assert np.abs(ours.numpy() - ref).max() <= TOL
+    ref = pgc_cams(tiny_dead, "ScoreCAM", "act2", x16, [ClassifierOutputSoftmaxTarget(c) for c in (0, 3)])
+    assert (ours - ref).abs().max() <= TOL
 
 
 def test_scorecam_rejects_unknown_mask_style(tiny_dead, x16):
@@ -351,14 +316,11 @@ def test_scorecam_rejects_unknown_mask_style(tiny_dead, x16):
 
 
 # -- CAM ---------------------------------------------------------------------------------------
-def test_cam_matches_torchcam_resnet18(resnet18):
+def test_cam_matches_torchcam_resnet18(resnet18, torchcam_cams):
     """torchcam normalizes sum_k w_k A_k without a ReLU; fxcam ReLUs first (documented).
     At 128x128 layer4 is a 4x4 map."""
     x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(4))
-    with tcm.CAM(resnet18, "layer4", "fc", input_shape=(3, 128, 128)) as extractor:
-        with torch.no_grad():
-            resnet18(x)
-        raw = extractor(class_idx=[3, 7], normalized=False)[0]
+    raw = torchcam_cams(resnet18, "CAM", "layer4", x, [3, 7], fc_layer="fc", normalized=False)
     assert raw.min() < 0 < raw.max()
     ours = fxcam.Explainer(resnet18, "layer4", "cam")(x, [3, 7], size=raw.shape[-2:])
     assert (ours - fxcam.ops.normalize(torch.relu(raw))).abs().max() <= TOL

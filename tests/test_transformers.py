@@ -15,8 +15,6 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import fxcam
@@ -78,11 +76,6 @@ def build(name: str) -> nn.Module:
 
 def batch(shape, seed=1):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def pgc_gradcam(model, module, transform, x, targets):
-    with GradCAM(model, [module], reshape_transform=transform) as cam:
-        return torch.from_numpy(cam(x, targets=[ClassifierOutputTarget(t) for t in targets]))
 
 
 def check_maps(cams, shape):
@@ -171,7 +164,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_default_layer_maps_and_gradcam_parity(name):
+def test_default_layer_maps_and_gradcam_parity(name, pgc_cams):
     shape, path, module, layout = CASES[name]
     model = build(name)
     x = batch(shape)
@@ -182,18 +175,18 @@ def test_default_layer_maps_and_gradcam_parity(name):
     assert (node.target if node.op == "call_module" else layer) == path  # the intended module's output
     cams = ex(x, targets)
     check_maps(cams, (shape[0], *shape[2:]))
-    ref = pgc_gradcam(model, module(model), layout, x, targets)
+    ref = pgc_cams(model, "GradCAM", [module(model)], x, targets, reshape_transform=layout)
     assert (cams - ref).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("size", [(224, 224), (240, 320)])
-def test_dynamic_img_size_square_and_non_square(size):
+def test_dynamic_img_size_square_and_non_square(size, pgc_cams):
     model = build("timm_vit_tiny_dynamic")
     x = batch((1, 3, *size))
     cams = fxcam.Explainer(model)(x, [5])
     check_maps(cams, (1, *size))
     grid = (size[0] // 16, size[1] // 16)  # (15, 20) for 240 rows x 320 columns
-    ref = pgc_gradcam(model, model.blocks[-1].norm1, tokens_to_map(1, grid), x, [5])
+    ref = pgc_cams(model, "GradCAM", [model.blocks[-1].norm1], x, [5], reshape_transform=tokens_to_map(1, grid))
     assert (cams - ref).abs().max() <= 1e-4
 
 
@@ -253,23 +246,21 @@ def test_every_method_on_vit_and_swin(method, model_name):
 
 
 @pytest.mark.parametrize("name, expected", [("tiny_vit", 2), ("tv_vit_tiny", 3), ("timm_swin_tiny", 12)])
-def test_explicit_attention_pass(name, expected):
+def test_explicit_attention_pass(name, expected, untouched):
     """sdpa (timm) and nn.MultiheadAttention (torchvision) become softmax nodes; outputs unchanged."""
     model = build(name)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    flags = [(type(m), getattr(m, "fused_attn", None), m.training) for m in model.modules()]
-    gm = explicit_attention(trace(model).graph_module)
-    probs = [n for n in gm.graph.nodes if ATTENTION in n.meta]
-    assert len(probs) == expected
-    fused = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention or (
-        n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.MultiheadAttention))]
-    assert not fused
-    size = {"tiny_vit": (32, 48), "tv_vit_tiny": (32, 32), "timm_swin_tiny": (64, 96)}[name]
-    x = batch((2, 3, *size))
-    with torch.no_grad():
-        assert torch.allclose(gm(x), model(x), atol=1e-5, rtol=1e-4)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert flags == [(type(m), getattr(m, "fused_attn", None), m.training) for m in model.modules()]
+    # parameters, buffers, types, flags (fused_attn, training), no tensor constants stored by tracing
+    with untouched(model):
+        gm = explicit_attention(trace(model).graph_module)
+        probs = [n for n in gm.graph.nodes if ATTENTION in n.meta]
+        assert len(probs) == expected
+        fused = [n for n in gm.graph.nodes if n.target is F.scaled_dot_product_attention or (
+            n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.MultiheadAttention))]
+        assert not fused
+        size = {"tiny_vit": (32, 48), "tv_vit_tiny": (32, 32), "timm_swin_tiny": (64, 96)}[name]
+        x = batch((2, 3, *size))
+        with torch.no_grad():
+            assert torch.allclose(gm(x), model(x), atol=1e-5, rtol=1e-4)
     if name == "tiny_vit":  # timm's own explicit path (fused_attn=False): softmax -> dropout -> matmul is found
         unfused = copy.deepcopy(model)
         for blk in unfused.blocks:
@@ -278,16 +269,20 @@ def test_explicit_attention_pass(name, expected):
         assert [n.meta[ATTENTION] for n in gm.graph.nodes if ATTENTION in n.meta] == ["blocks.0.attn", "blocks.1.attn"]
 
 
-def test_legrad_matches_torchcam():
-    from torchcam.methods import LeGrad
+def test_trace_adds_no_tensor_constants_to_the_model(untouched):
+    """torch.fx stores a forward's tensor constants on the traced root: fxcam traces a shallow copy of it."""
+    model = build("timm_swin_tiny")
+    with untouched(model):
+        trace(model)
 
+
+def test_legrad_matches_torchcam(torchcam_cams):
     model = build("tv_vit_tiny")
     x, targets = batch((2, 3, 32, 32)), [3, 7]
     layers = ["encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_2"]
     ex = fxcam.Explainer(model, layers, method="legrad")
     raw = ex.method.fn(ex.probe(x, targets))[layers[0]][:, 0]
-    with LeGrad(model, [model.encoder.layers[1], model.encoder.layers[2]]) as extractor:
-        ref = extractor(targets, model(x), normalized=False)[0]
+    ref = torchcam_cams(model, "LeGrad", [model.encoder.layers[1], model.encoder.layers[2]], x, targets, normalized=False)
     assert raw.shape == ref.shape == (2, 4, 4)
     assert torch.allclose(raw, ref, rtol=1e-4, atol=1e-7 * ref.abs().max())
     check_maps(ex(x, targets), (2, 32, 32))

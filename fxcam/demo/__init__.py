@@ -10,7 +10,7 @@ pointing game. ``examples/train_demo.py`` regenerates the shipped weights.
 """
 
 from .models import DEFAULT_LAYERS, DemoCNN, DemoViT, load_demo_model
-from .scenes import CLASSES, IMAGE_SIZE, MEAN, STD, make_scenes, normalize
+from .scenes import CLASSES, IMAGE_SIZE, MEAN, STD, make_scenes, standardize
 
 __all__ = [
     "CLASSES",
@@ -22,5 +22,5 @@ __all__ = [
     "STD",
     "load_demo_model",
     "make_scenes",
-    "normalize",
+    "standardize",
 ]

@@ -11,7 +11,7 @@ shapes: the pointing game of a CAM (is its maximum on the object?) is then a fai
 Images are float32 in ``[0, 1]``, channels first. The demo models
 (:func:`fxcam.demo.load_demo_model`) take exactly these images: they normalize internally
 with :data:`MEAN` and :data:`STD`, so ``model(images)`` is all there is to it.
-:func:`normalize` is exported for models that expect normalized input.
+:func:`standardize` is exported for models that expect standardized input.
 
 Generation is pure torch, vectorized over the batch, and deterministic given ``seed``
 (a private ``torch.Generator``; the global RNG is never touched).
@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import FxcamError
+from ..ops import resize
 
-__all__ = ["CLASSES", "IMAGE_SIZE", "MEAN", "STD", "make_scenes", "normalize"]
+__all__ = ["CLASSES", "IMAGE_SIZE", "MEAN", "STD", "make_scenes", "standardize"]
 
 #: Class names, index = label.
 CLASSES = ("circle", "square", "ellipse", "cross", "triangle", "heart")
@@ -49,7 +49,7 @@ _BAR = len(CLASSES)  # extra distractor kind: an elongated bar
 _EXTENT = (1.0, 1.15, 1.2, 1.11, 1.25, 1.15, 1.06)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def standardize(images: torch.Tensor) -> torch.Tensor:
     """``(images - MEAN) / STD`` for (N, 3, H, W) or (3, H, W) images in [0, 1]."""
     shape = (3, 1, 1)
     mean = torch.tensor(MEAN, dtype=images.dtype, device=images.device).view(shape)
@@ -136,7 +136,7 @@ def _background(g: torch.Generator, n: int, size: int, grid) -> torch.Tensor:
     img = base.view(n, 3, 1, 1).expand(n, 3, size, size).clone()
     cells = int(torch.randint(4, 9, (1,), generator=g))
     noise = torch.rand(n, 3, cells, cells, generator=g) - 0.5
-    noise = F.interpolate(noise, size=(size, size), mode="bilinear", align_corners=False)
+    noise = resize(noise, (size, size))
     img = img + noise * _uniform(g, (n, 1, 1, 1), 0.1, 0.35)
 
     # Stripes of a second muted colour, on about two thirds of the scenes.
@@ -197,7 +197,7 @@ def make_scenes(
     Returns ``(images, labels, masks)``:
 
     * ``images``: float32 (n, 3, 96, 96) in [0, 1] (the demo models normalize
-      internally; see :data:`MEAN`, :data:`STD`, :func:`normalize`).
+      internally; see :data:`MEAN`, :data:`STD`, :func:`standardize`).
     * ``labels``: int64 (n,), index into :data:`CLASSES`; exactly balanced up to
       ``n % 6`` (a seeded permutation of ``0, 1, ..., 5, 0, 1, ...``).
     * ``masks``: bool (n, 96, 96), the visible pixels of the target shape (it is

@@ -28,11 +28,6 @@ from .registry import register
 MASK_STYLES = ("torchcam", "pytorch-grad-cam")
 
 
-def _minmax(a: Tensor) -> Tensor:
-    """Per-channel min-max of ``(N, C, *S)`` over ``S``, as torchcam's ``_normalize`` (eps 1e-8)."""
-    return normalize(a, eps=1e-8, start=2)
-
-
 class Masked:
     """Rows ``(image, channel)`` of Score-CAM masks and how to score masked inputs in chunks."""
 
@@ -129,7 +124,7 @@ def scorecam(
     for layer, acts in probe.acts.items():
         rows = Masked(probe, acts, skip_zero)
         if masks == "torchcam":
-            src = _minmax(acts)
+            src = normalize(acts, eps=1e-8, start=2)
 
             def make(r: slice, src=src, rows=rows) -> Tensor:
                 m = resize(src[rows.img[r], rows.ch[r]].unsqueeze(1), rows.size)
@@ -138,7 +133,7 @@ def scorecam(
 
             def make(r: slice, acts=acts, rows=rows) -> Tensor:
                 up = resize(acts[rows.img[r], rows.ch[r]].unsqueeze(1), rows.size, align_corners=True)
-                return (_minmax(up) * x[rows.img[r]]).to(x.dtype)
+                return (normalize(up, eps=1e-8, start=2) * x[rows.img[r]]).to(x.dtype)
 
         bar = _progress.bar(len(rows.img), f"scorecam {layer}", enabled=probe.progress)
         try:
@@ -192,7 +187,7 @@ def sscam(
     out = {}
     for layer, acts in probe.acts.items():
         rows = Masked(probe, acts, skip_zero)
-        up = resize(_minmax(acts), rows.size)
+        up = resize(normalize(acts, eps=1e-8, start=2), rows.size)
         total = torch.zeros(len(rows.img), device=x.device)
         bar = _progress.bar(num_samples * len(rows.img), f"sscam {layer}", enabled=probe.progress)
         try:
@@ -243,7 +238,7 @@ def iscam(
     out = {}
     for layer, acts in probe.acts.items():
         rows = Masked(probe, acts, skip_zero)
-        src = _minmax(acts)
+        src = normalize(acts, eps=1e-8, start=2)
         total = torch.zeros(len(rows.img), device=x.device)
         bar = _progress.bar(num_samples * len(rows.img), f"iscam {layer}", enabled=probe.progress)
         coeff = 0.0

@@ -37,7 +37,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._util import copy_graph_module, finish
+from .common import copy_graph_module, finish
 
 NAME = "fxcam_name"  # the qualified-name meta key (fxcam.trace.NAME; passes do not import trace)
 ATTENTION = "fxcam_attention"  # node.meta key on attention-probability nodes: the attention module's name

@@ -28,7 +28,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from ._util import copy_graph_module, finish
+from .common import copy_graph_module, finish
 
 _OPERATOR_INPLACE = {
     operator.iadd: operator.add,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from ..errors import LayerNotFoundError
-from ._util import finish
+from .common import finish
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch.fx as fx
 
 from ..errors import LayerNotFoundError
-from ._util import copy_graph_module, finish
+from .common import copy_graph_module, finish
 
 
 def insert_taps(gm: fx.GraphModule, taps: Mapping[str, str]) -> fx.GraphModule:

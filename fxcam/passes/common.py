@@ -1,4 +1,4 @@
-"""Small helpers shared by the passes."""
+"""Small helpers shared by the passes: copy a GraphModule, finish (lint + recompile) one."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def finish(gm: fx.GraphModule) -> fx.GraphModule:
+    """Lint and recompile ``gm`` after a rewrite; returns it."""
     gm.graph.lint()
     gm.recompile()
     return gm
