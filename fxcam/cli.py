@@ -39,7 +39,6 @@ from .cli_support import (
     check_out_file,
     find_images,
     load_model,
-    pointing_game,
     progress_bar,
     read_image,
     resolve_device,
@@ -47,6 +46,7 @@ from .cli_support import (
     unique_stems,
 )
 from .errors import FxcamError
+from .metrics import pointing_game
 
 PROG = "fxcam"
 DEMO_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam")

@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.fx
 
-from fxcam.cli_support import pointing_game
 from fxcam.demo import (
     CLASSES,
     DEFAULT_LAYERS,
@@ -13,6 +12,7 @@ from fxcam.demo import (
     make_scenes,
     normalize,
 )
+from fxcam.metrics import pointing_game
 
 # Held-out scenes: the training script uses seed 0 for training and 10000 for its test set.
 HELD_OUT_SEED = 777
