@@ -39,7 +39,6 @@ from .cli_support import (
     check_out_file,
     find_images,
     load_model,
-    progress_bar,
     read_image,
     resolve_device,
     table,
@@ -47,6 +46,7 @@ from .cli_support import (
 )
 from .errors import FxcamError
 from .metrics import pointing_game
+from .progress import bar as progress_bar
 
 PROG = "fxcam"
 DEMO_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam")
@@ -197,7 +197,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     records: list[dict[str, Any]] = []
     with atomic_dir(out, args.overwrite) as tmp:
-        bar = progress_bar(len(images), "explain", enabled=not args.no_progress)
+        bar = progress_bar(len(images), "explain", enabled=not args.no_progress, warn=False, tty_only=True)
         try:
             for start in range(0, len(images), args.batch_size):
                 batch = range(start, min(start + args.batch_size, len(images)))
@@ -321,7 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     hits: dict[tuple[str, str], float] = {}
     accuracy: dict[str, float] = {}
     with atomic_dir(out, args.overwrite) as tmp:
-        bar = progress_bar(len(models) * len(methods) * args.n, "demo", enabled=not args.no_progress)
+        total = len(models) * len(methods) * args.n
+        bar = progress_bar(total, "demo", enabled=not args.no_progress, warn=False, tty_only=True)
         try:
             for model_name in models:
                 try:

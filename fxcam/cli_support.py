@@ -688,32 +688,7 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-# --------------------------------------------------------------------------- progress, tables
-class _NoBar:
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar on stderr (hidden when stderr is not a terminal), or a silent stand-in without tqdm."""
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit="img", disable=None, leave=False, file=sys.stderr)
-
-
+# --------------------------------------------------------------------------- tables
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None, align: str | None = None) -> str:
     """Plain-text columns; ``align``: one ``<`` or ``>`` per column."""
     rows = [[str(c) for c in r] for r in rows]
