@@ -15,7 +15,6 @@ folder beside ``--out`` and renamed into place when complete. ``--debug`` (or
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -414,21 +413,13 @@ def _demo_grid(model_name, images, labels, shown, methods, tiles, classes):
 
 # --------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
+    from . import Explainer, instrument
+    from .export import explainer_graph  # the module fxcam.export, not the function fxcam.export
+    from .export import export as export_file
+
     out = Path(args.out)
     if out.suffix not in (".onnx", ".pt2"):
         raise CLIError(f"--out '{out}' must end in .onnx (ONNX) or .pt2 (torch.export); got {out.suffix or 'no suffix'!r}.")
-    try:  # the module, not the function fxcam/__init__ exports under the same name
-        module = importlib.import_module("fxcam.export")
-    except ModuleNotFoundError as exc:
-        if exc.name != "fxcam.export":
-            raise
-        raise CLIError(
-            "fxcam export needs fxcam.export, which this version of fxcam does not have yet. Meanwhile, export "
-            "fxcam.instrument(model, layers) with torch.export / torch.onnx.export in Python."
-        ) from None
-    export_cli = getattr(module, "export_cli", None)
-    if not callable(export_cli):
-        raise CLIError("This version of fxcam.export has no export_cli(); update fxcam.")
     check_out_file(out, args.overwrite)
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1; got {args.batch_size}.")
@@ -440,7 +431,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     layers = args.layer or [loaded.default_layer()]
     h, w = loaded.preprocess.size
     x = torch.rand(args.batch_size, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
-    export_cli(loaded.model, layers, method, out, x, dynamic_batch=args.dynamic_batch)
+    if method is None:
+        module = instrument(loaded.model, layers)
+    else:
+        module = explainer_graph(Explainer(loaded.model, layers, method), x, dynamic_batch=args.dynamic_batch)
+    export_file(module, x, out, dynamic_batch=args.dynamic_batch)
     what = f"the {method} explainer x -> (logits, cam)" if method else "x -> (logits, activations)"
     batch = "any batch size" if args.dynamic_batch else f"batch {args.batch_size}"
     _say(f"Exported {args.model} {what} at {', '.join(layers)} for {h}x{w} inputs ({batch}) to {out}")
