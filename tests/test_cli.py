@@ -22,7 +22,7 @@ from PIL import Image
 
 from fxcam import methods
 from fxcam.cli import main
-from fxcam.cli_support import Preprocess, cam_to_image
+from fxcam.cli.images import Preprocess, cam_to_image
 from fxcam.demo import CLASSES, DEFAULT_LAYERS, IMAGE_SIZE, load_demo_model, make_scenes
 from fxcam.metrics import pointing_game
 

@@ -1,0 +1,157 @@
+"""``fxcam demo``: the demo models on generated scenes; grids, overlays and the pointing game. Offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from .. import Explainer, progress
+from ..metrics import pointing_game
+from ..viz import grid, overlay, to_pil
+from .args import COLORMAPS
+from .common import CLIError, check_alpha, get_method, say, table, versions
+from .models import resolve_device
+from .output import atomic_dir, check_out
+
+DEMO_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam")
+DEMO_SEED = 2024  # the training script uses other seeds: these scenes are held out
+
+
+def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[debug],
+        help="offline demo: demo models on generated scenes, grids and pointing-game table",
+        description="Explain generated scenes (fxcam.demo) with the shipped demo CNN and ViT and several methods: "
+        "writes a grid PNG per model (rows: scenes, columns: methods) and overlays, and prints the pointing game "
+        "(share of maps whose maximum lies on the object) per method and model. No downloads.",
+    )
+    p.add_argument("--out", default="fxcam-out-demo", metavar="DIR", help="output folder (default fxcam-out-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--methods", nargs="+", default=list(DEMO_METHODS), metavar="M",
+        help=f"methods to compare (default: {' '.join(DEMO_METHODS)})",
+    )
+    p.add_argument("--models", nargs="+", default=["cnn", "vit"], metavar="NAME", help="demo models (default: cnn vit)")
+    p.add_argument("--n", type=int, default=120, help="scenes scored in the pointing game (default 120)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"scene seed (default {DEMO_SEED}, held out from training)")
+    p.add_argument("--rows", type=int, default=6, help="scenes shown in each grid, one per class (default 6)")
+    p.add_argument("--batch-size", type=int, default=60, metavar="N", help="scenes per batch (default 60)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--colormap", default="jet", choices=COLORMAPS, help="overlay colormap (default jet)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from ..demo import CLASSES, DEFAULT_LAYERS, load_demo_model, make_scenes
+    except ImportError as exc:
+        raise CLIError(f"The demo is not available in this installation ({exc}).") from None
+    started = time.perf_counter()
+    out = Path(args.out)
+    check_out(out, args.overwrite)
+    for option in ("n", "rows", "batch_size"):
+        if getattr(args, option) < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be at least 1; got {getattr(args, option)}.")
+    check_alpha(args.alpha)
+    device = resolve_device(args.device)
+    methods = list(dict.fromkeys(get_method(m).name for m in args.methods))
+    models = list(dict.fromkeys(args.models))
+    for m in models:
+        if m not in DEFAULT_LAYERS:
+            raise CLIError(f"--models {m!r}: the demo models are {sorted(DEFAULT_LAYERS)}.")
+    images, labels, masks = make_scenes(args.n, seed=args.seed)
+    # the grid shows the first scene of each class (up to --rows of them)
+    shown = [int((labels == k).nonzero()[0]) for k in range(len(CLASSES)) if (labels == k).any()][: args.rows]
+
+    hits: dict[tuple[str, str], float] = {}
+    accuracy: dict[str, float] = {}
+    with atomic_dir(out, args.overwrite) as tmp:
+        total = len(models) * len(methods) * args.n
+        bar = progress.bar(total, "demo", enabled=not args.no_progress, warn=False, tty_only=True)
+        try:
+            for model_name in models:
+                try:
+                    model = load_demo_model(model_name, device=device)
+                except FileNotFoundError as exc:
+                    raise CLIError(str(exc)) from None
+                tiles: dict[str, list] = {}
+                for method in methods:
+                    explainer = Explainer(model, DEFAULT_LAYERS[model_name], method)
+                    cams, preds = _explain_scenes(explainer, images, labels, args.batch_size, device, bar)
+                    hit = pointing_game(cams, masks)
+                    hits[(model_name, method)] = hit.float().mean().item()
+                    accuracy.setdefault(model_name, (preds == labels).float().mean().item())
+                    tiles[method] = [_demo_tile(images[i], cams[i], bool(hit[i]), args) for i in shown]
+                    folder = tmp / model_name / method
+                    folder.mkdir(parents=True)
+                    for i, tile in zip(shown, tiles[method]):
+                        tile.save(folder / f"scene{i:03d}_{CLASSES[int(labels[i])]}.png")
+                _demo_grid(model_name, images, labels, shown, methods, tiles, CLASSES).save(tmp / f"{model_name}_grid.png")
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - started
+        results = {
+            "versions": versions(),
+            "scenes": {"n": args.n, "seed": args.seed, "shown": shown},
+            "layers": {m: DEFAULT_LAYERS[m] for m in models},
+            "pointing_game": {m: {meth: hits[(m, meth)] for meth in methods} for m in models},
+            "accuracy": accuracy,
+            "seconds": round(elapsed, 2),
+        }
+        (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    rows = [(meth, *(f"{100 * hits[(m, meth)]:.1f}%" for m in models)) for meth in methods]
+    rows.append(("(model accuracy)", *(f"{100 * accuracy[m]:.1f}%" for m in models)))
+    header = ("method", *(f"demo:{m} ({DEFAULT_LAYERS[m]})" for m in models))
+    say(f"Pointing game on {args.n} generated scenes (seed {args.seed}): share of maps whose maximum is on the object.")
+    say(table(rows, header, "<" + ">" * len(models)))
+    grids = ", ".join(str(out / f"{m}_grid.png") for m in models)
+    say(f"\nGrids (rows: scenes, columns: methods): {grids}; overlays in {out}/<model>/<method>/ ({elapsed:.1f} s)")
+    return 0
+
+
+def _explain_scenes(explainer, images, labels, batch_size: int, device, bar) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps ``(N, H, W)`` of each scene's true class, and the predicted classes ``(N,)``, on the CPU."""
+    cams, preds = [], []
+    for s in range(0, len(images), batch_size):
+        x = images[s : s + batch_size].to(device)
+        exp = explainer.explain(x, labels[s : s + batch_size].to(device))
+        cams.append(exp.cams.float().cpu())
+        preds.append(exp.output.argmax(1).cpu())
+        bar.update(x.shape[0])
+    return torch.cat(cams), torch.cat(preds)
+
+
+def _demo_tile(image: torch.Tensor, cam: torch.Tensor, hit: bool, args: argparse.Namespace):
+    """The overlay of one scene at 2x, with a ring at the map's maximum (white: on the object, magenta: off)."""
+    scale = 2
+    big = to_pil(image).resize((image.shape[-1] * scale, image.shape[-2] * scale), Image.NEAREST)
+    tile = overlay(big, cam, colormap=args.colormap, alpha=args.alpha)
+    y, x = divmod(int(cam.flatten().argmax()), cam.shape[-1])
+    cx, cy, r = (x + 0.5) * scale, (y + 0.5) * scale, 6
+    draw = ImageDraw.Draw(tile)
+    draw.ellipse((cx - r - 1, cy - r - 1, cx + r + 1, cy + r + 1), outline=(0, 0, 0), width=1)
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(255, 255, 255) if hit else (255, 0, 255), width=2)
+    return tile
+
+
+def _demo_grid(model_name, images, labels, shown, methods, tiles, classes):
+    scale = 2
+    cells = []
+    for row, i in enumerate(shown):
+        cells.append(to_pil(images[i]).resize((images.shape[-1] * scale, images.shape[-2] * scale), Image.NEAREST))
+        cells.extend(tiles[m][row] for m in methods)
+    return grid(
+        cells,
+        nrow=len(methods) + 1,
+        pad=4,
+        row_labels=[classes[int(labels[i])] for i in shown],
+        col_labels=[f"demo:{model_name}", *methods],
+    )
