@@ -22,25 +22,24 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import FxcamError
 from . import demo, explain, export, layers, methods
-from .args import Parser, debug_parent
+from .args import Parser, debug_options
 from .common import PROG, err, warn
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    debug = debug_parent()
     parser = Parser(
         prog=PROG,
+        parents=[debug_options()],
         description="Class activation maps compiled into the model's torch.fx graph.",
         epilog="Start with 'fxcam demo' (offline). Each command has --help.",
     )
     parser.add_argument("--version", action="version", version=f"fxcam {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks (or set FXCAM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, required=True)
 
     for command in (explain, layers, methods, demo, export):
-        command.add_parser(sub, debug)
+        command.add_parser(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from .. import Explainer, progress
 from ..metrics import pointing_game
 from ..viz import grid, overlay, to_pil
-from .args import COLORMAPS
+from .args import debug_options, device_options, overlay_options, overwrite_options, progress_options
 from .common import CLIError, check_alpha, get_method, say, table, versions
 from .models import resolve_device
 from .output import atomic_dir, check_out
@@ -22,17 +22,22 @@ DEMO_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eig
 DEMO_SEED = 2024  # the training script uses other seeds: these scenes are held out
 
 
-def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        parents=[debug],
+        parents=[
+            debug_options(),
+            device_options(),
+            overlay_options("overlay opacity (default 0.5)"),
+            progress_options(),
+            overwrite_options(),
+        ],
         help="offline demo: demo models on generated scenes, grids and pointing-game table",
         description="Explain generated scenes (fxcam.demo) with the shipped demo CNN and ViT and several methods: "
         "writes a grid PNG per model (rows: scenes, columns: methods) and overlays, and prints the pointing game "
         "(share of maps whose maximum lies on the object) per method and model. No downloads.",
     )
     p.add_argument("--out", default="fxcam-out-demo", metavar="DIR", help="output folder (default fxcam-out-demo)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument(
         "--methods", nargs="+", default=list(DEMO_METHODS), metavar="M",
         help=f"methods to compare (default: {' '.join(DEMO_METHODS)})",
@@ -42,10 +47,6 @@ def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) 
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"scene seed (default {DEMO_SEED}, held out from training)")
     p.add_argument("--rows", type=int, default=6, help="scenes shown in each grid, one per class (default 6)")
     p.add_argument("--batch-size", type=int, default=60, metavar="N", help="scenes per batch (default 60)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--colormap", default="jet", choices=COLORMAPS, help="overlay colormap (default jet)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

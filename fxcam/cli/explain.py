@@ -16,24 +16,31 @@ import torch
 
 from .. import Explainer, progress, viz
 from ..errors import FxcamError, closest
-from .args import COLORMAPS, add_model_options
+from .args import debug_options, device_options, model_options, overlay_options, overwrite_options, progress_options
 from .common import PROG, CLIError, check_alpha, get_method, parse_size, say, table, versions, warn
 from .images import cam_to_image, check_image, find_images, read_image, unique_stems
 from .models import SPEC_FORMS, load_model, resolve_device
 from .output import atomic_dir, check_out
 
 
-def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
-        parents=[debug],
+        parents=[
+            debug_options(),
+            model_options("model input size: H W, or N for N x N (default: the model's own)", positional=False),
+            device_options(),
+            overlay_options("overlay opacity of the heat map, 0..1 (default 0.5)"),
+            progress_options(),
+            overwrite_options("replace an existing --out (only once the new result is complete)"),
+        ],
         help="explain images: overlays, maps (.npy) and manifest.json",
         description="Explain images with a CAM method. Writes <stem>_overlay.png, <stem>_cam.npy per image and "
         "manifest.json into --out, atomically (nothing is left behind if the run fails).",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or folders of images (not recursive)")
+    # --model after the images, as usage errors list missing arguments in declaration order
     p.add_argument("--model", required=True, metavar="SPEC", help=SPEC_FORMS)
-    add_model_options(p, "model input size: H W, or N for N x N (default: the model's own)")
     p.add_argument("--method", default="gradcam", metavar="M", help="a CAM method (see 'fxcam methods'); default gradcam")
     p.add_argument(
         "--layer", action="append", metavar="L",
@@ -44,14 +51,9 @@ def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) 
         help="class index or name to explain: once for all images, or once per image (default: each image's top-1)",
     )
     p.add_argument("--out", default="fxcam-out", metavar="DIR", help="output folder (default fxcam-out); must not exist")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (only once the new result is complete)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
-    p.add_argument("--colormap", default="jet", choices=COLORMAPS, help="overlay colormap (default jet)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the heat map, 0..1 (default 0.5)")
     p.add_argument("--aug-smooth", action="store_true", help="average maps over flips and brightness changes")
     p.add_argument("--eigen-smooth", action="store_true", help="first principal component instead of the channel sum")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=run)
 

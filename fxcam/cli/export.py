@@ -10,29 +10,30 @@ import torch
 from .. import Explainer, instrument
 from ..export import explainer_graph  # the module fxcam.export (fxcam.export itself is the function)
 from ..export import export as export_file
-from .args import add_model_options
+from .args import debug_options, device_options, model_options, overwrite_options
 from .common import CLIError, get_method, parse_size, say, warn
-from .models import SPEC_FORMS, load_model, resolve_device
+from .models import load_model, resolve_device
 from .output import check_out_file
 
 
-def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        parents=[debug],
+        parents=[
+            debug_options(),
+            model_options("example input size: H W, or N (default: the model's own)"),
+            device_options(),
+            overwrite_options(),
+        ],
         help="export the instrumented model or a whole explainer (.onnx / .pt2)",
         description="Export x -> (logits, activations) at --layer, or with --method the whole explainer "
         "x -> (logits, cam) as one graph, to ONNX (.onnx) or torch.export (.pt2). Needs fxcam.export.",
     )
-    p.add_argument("model", metavar="MODEL", help=SPEC_FORMS)
     p.add_argument("--layer", action="append", metavar="L", help="layer(s) to tap (default: the model's default)")
     p.add_argument("--method", metavar="M", help="export the explainer graph of this method instead of the activations")
     p.add_argument("--out", required=True, metavar="FILE", help="file.onnx or file.pt2")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    add_model_options(p, "example input size: H W, or N (default: the model's own)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch of the example input (default 1)")
     p.add_argument("--static-batch", dest="dynamic_batch", action="store_false", help="fix the batch size in the graph")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=run)
 
 

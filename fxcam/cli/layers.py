@@ -7,21 +7,19 @@ import argparse
 from ..errors import FxcamError
 from ..layers import layer_shapes
 from ..trace import list_layers
-from .args import add_model_options
+from .args import debug_options, model_options
 from .common import parse_size, say, table
-from .models import SPEC_FORMS, load_model
+from .models import load_model
 
 
-def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "layers",
-        parents=[debug],
+        parents=[debug_options(), model_options("input size for the shapes: H W, or N (default: the model's own)")],
         help="the layer names --layer accepts, with output shapes",
         description="Every layer name fxcam.instrument accepts for MODEL, in execution order, with its output shape "
         "(shape propagation on a zero input); * marks the default layer.",
     )
-    p.add_argument("model", metavar="MODEL", help=SPEC_FORMS)
-    add_model_options(p, "input size for the shapes: H W, or N (default: the model's own)")
     p.set_defaults(func=run)
 
 

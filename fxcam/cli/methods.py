@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from .. import methods
+from .args import debug_options
 from .common import say, table
 
 
-def add_parser(sub: argparse._SubParsersAction, debug: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("methods", parents=[debug], help="the CAM methods, one line each")
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("methods", parents=[debug_options()], help="the CAM methods, one line each")
     p.set_defaults(func=run)
 
 
