@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from ..errors import FxcamError, closest
 from .args import debug_options, device_options, model_options, overlay_options, overwrite_options, progress_options
 from .common import PROG, CLIError, check_alpha, get_method, parse_size, say, table, versions, warn
 from .images import cam_to_image, check_image, find_images, read_image, unique_stems
-from .models import SPEC_FORMS, load_model, resolve_device
+from .models import SPEC_FORMS, LoadedModel, load_model, resolve_device
 from .output import atomic_dir, check_out
 
 
@@ -58,65 +59,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _targets(values: Sequence[str] | None, categories: Sequence[str] | None, n_images: int) -> list[int] | int | None:
-    """``--target`` values (indices or class names) -> None, one int for all, or one per image."""
-    if not values:
-        return None
-    lowered = {c.lower(): i for i, c in enumerate(categories or [])}
-    indices = []
-    for v in values:
-        try:
-            indices.append(int(v))
-            continue
-        except ValueError:
-            pass
-        if v.lower() in lowered:
-            indices.append(lowered[v.lower()])
-            continue
-        if not categories:
-            raise CLIError(f"--target {v!r}: this model has no class names; pass a class index (an integer).")
-        raise CLIError(
-            f"--target {v!r} is not a class of this model. Closest: {closest(v, categories)}; "
-            f"or pass a class index in [0, {len(categories) - 1}]."
-        )
-    if categories:
-        bad = [i for i in indices if not -len(categories) <= i < len(categories)]
-        if bad:
-            raise CLIError(
-                f"--target {bad[0]} is out of range: this model has {len(categories)} classes; "
-                f"pass an index in [0, {len(categories) - 1}] or a class name (e.g. {categories[0]!r})."
-            )
-    if len(indices) == 1:
-        return indices[0]
-    if len(indices) != n_images:
-        raise CLIError(
-            f"Got {len(indices)} --target values for {n_images} images; pass one (for all images) or one per image."
-        )
-    return indices
+@dataclass
+class _Job:
+    """What every batch of one run shares."""
 
-
-def _classifier_output(output: Any, spec: str) -> torch.Tensor:
-    if not isinstance(output, torch.Tensor) or output.ndim != 2:
-        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise CLIError(
-            f"{spec} returns {shape}, not classifier logits (N, classes); the CLI explains classifiers. "
-            f"For other outputs use the Python API with a target callable (fxcam.targets)."
-        )
-    return output
-
-
-def _explain_batch(explainer, x: torch.Tensor, targets: Any, spec: str):
-    try:
-        exp = explainer.explain(x, targets)
-    except FxcamError:
-        raise
-    except RuntimeError as exc:
-        raise CLIError(
-            f"{spec} failed on a batch of shape {tuple(x.shape)}: {' '.join(str(exc).split())[:300]}. "
-            f"Check --size (the model may need a fixed input size) and --layer."
-        ) from exc
-    _classifier_output(exp.output, spec)
-    return exp
+    args: argparse.Namespace
+    loaded: LoadedModel
+    explainer: Explainer
+    device: torch.device
+    tmp: Path  # the output folder while it is written
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,77 +87,161 @@ def run(args: argparse.Namespace) -> int:
     layers = args.layer or [loaded.default_layer()]
     explainer = Explainer(loaded.model, layers, method.name, aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
     targets = _targets(args.target, loaded.categories, len(images))
-    stems = unique_stems(images)
-    names = loaded.categories or []
-
-    def cls(index: int | None, probs_row: torch.Tensor, **extra: Any) -> dict[str, Any]:
-        return {
-            "index": index,
-            "name": names[index] if index is not None and 0 <= index < len(names) else None,
-            "probability": round(float(probs_row[index]), 6) if index is not None else None,
-            **extra,
-        }
-
-    records: list[dict[str, Any]] = []
     with atomic_dir(out, args.overwrite) as tmp:
-        bar = progress.bar(len(images), "explain", enabled=not args.no_progress, warn=False, tty_only=True)
-        try:
-            for start in range(0, len(images), args.batch_size):
-                batch = range(start, min(start + args.batch_size, len(images)))
-                pils = [read_image(images[i]) for i in batch]
-                prepared = [loaded.preprocess(im) for im in pils]
-                x = torch.stack([t for t, _ in prepared]).to(device)
-                exp = _explain_batch(
-                    explainer, x, targets[start : batch.stop] if isinstance(targets, list) else targets, args.model
-                )
-                probs = torch.softmax(exp.output.float(), dim=1).cpu()
-                for j, i in enumerate(batch):
-                    cam = cam_to_image(exp.cams[j], pils[j].size, prepared[j][1])
-                    files = {"overlay": f"{stems[i]}_overlay.png", "cam": f"{stems[i]}_cam.npy"}
-                    np.save(tmp / files["cam"], cam.astype(np.float32))
-                    viz.overlay(pils[j], cam, colormap=args.colormap, alpha=args.alpha).save(tmp / files["overlay"])
-                    explained = int(exp.class_idx[j]) if exp.class_idx is not None else None
-                    records.append(
-                        {
-                            "input": str(images[i]),
-                            "image_size": list(pils[j].size),
-                            **files,
-                            "predicted": cls(int(probs[j].argmax()), probs[j]),
-                            "explained": cls(explained, probs[j], score=round(float(exp.scores[j]), 6)),
-                        }
-                    )
-                bar.update(len(batch))
-        finally:
-            bar.close()
-        manifest = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": [PROG, *(sys.argv[1:] if args.argv is None else args.argv)],
-            "versions": versions(),
-            "model": args.model,
-            "weights": loaded.weights,
-            "method": explainer.method.name,
-            "layers": list(explainer.layers),
-            "target": args.target,
-            "device": str(device),
-            "preprocess": loaded.preprocess.describe(),
-            "options": {"aug_smooth": args.aug_smooth, "eigen_smooth": args.eigen_smooth},
-            "cam": "float32 (H, W) in [0, 1] at each image's size; 0 outside the region the model saw (center crop)",
-            "images": records,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        job = _Job(args, loaded, explainer, device, tmp)
+        records = _explain_images(job, images, targets)
+        (tmp / "manifest.json").write_text(json.dumps(_manifest(job, records), indent=2) + "\n")
     if not args.quiet:
-        rows = [
-            (
-                Path(r["input"]).name,
-                f"{r['predicted']['name'] or r['predicted']['index']} ({r['predicted']['probability']:.2f})",
-                r["explained"]["name"] or r["explained"]["index"],
-            )
-            for r in records
-        ]
-        say(table(rows, ("image", "predicted (p)", "explained")))
-        say(
-            f"\n{explainer.method.name} at {', '.join(explainer.layers)}: {len(records)} "
-            f"image{'s' if len(records) != 1 else ''} explained; overlays, maps (.npy) and manifest.json in {out}/ "
-            f"({time.perf_counter() - started:.1f} s)"
-        )
+        _report(records, explainer, out, started)
     return 0
+
+
+def _targets(values: Sequence[str] | None, categories: Sequence[str] | None, n_images: int) -> list[int] | int | None:
+    """``--target`` values (indices or class names) -> None, one int for all, or one per image."""
+    if not values:
+        return None
+    indices = [_target_index(v, categories) for v in values]
+    if categories:
+        bad = [i for i in indices if not -len(categories) <= i < len(categories)]
+        if bad:
+            raise CLIError(
+                f"--target {bad[0]} is out of range: this model has {len(categories)} classes; "
+                f"pass an index in [0, {len(categories) - 1}] or a class name (e.g. {categories[0]!r})."
+            )
+    if len(indices) == 1:
+        return indices[0]
+    if len(indices) != n_images:
+        raise CLIError(
+            f"Got {len(indices)} --target values for {n_images} images; pass one (for all images) or one per image."
+        )
+    return indices
+
+
+def _target_index(value: str, categories: Sequence[str] | None) -> int:
+    """One ``--target``: an integer, or a class name (any case)."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    lowered = {c.lower(): i for i, c in enumerate(categories or [])}
+    if value.lower() in lowered:
+        return lowered[value.lower()]
+    if not categories:
+        raise CLIError(f"--target {value!r}: this model has no class names; pass a class index (an integer).")
+    raise CLIError(
+        f"--target {value!r} is not a class of this model. Closest: {closest(value, categories)}; "
+        f"or pass a class index in [0, {len(categories) - 1}]."
+    )
+
+
+def _explain_images(job: _Job, images: list[Path], targets: list[int] | int | None) -> list[dict[str, Any]]:
+    """Explain ``images`` batch by batch, writing their maps and overlays; their manifest records."""
+    stems = unique_stems(images)
+    batch_size = job.args.batch_size
+    records: list[dict[str, Any]] = []
+    bar = progress.bar(len(images), "explain", enabled=not job.args.no_progress, warn=False, tty_only=True)
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = slice(start, min(start + batch_size, len(images)))
+            batch_targets = targets[batch] if isinstance(targets, list) else targets
+            records += _explain_files(job, images[batch], stems[batch], batch_targets)
+            bar.update(len(images[batch]))
+    finally:
+        bar.close()
+    return records
+
+
+def _explain_files(job: _Job, paths: list[Path], stems: list[str], targets: list[int] | int | None) -> list[dict]:
+    """One batch: read, preprocess, explain; each image's map (.npy) and overlay (.png), and its record."""
+    pils = [read_image(p) for p in paths]
+    prepared = [job.loaded.preprocess(im) for im in pils]
+    x = torch.stack([t for t, _ in prepared]).to(job.device)
+    exp = _explain_batch(job.explainer, x, targets, job.args.model)
+    probs = torch.softmax(exp.output.float(), dim=1).cpu()
+    names = job.loaded.categories or []
+    records = []
+    for j, (path, pil, stem) in enumerate(zip(paths, pils, stems)):
+        cam = cam_to_image(exp.cams[j], pil.size, prepared[j][1])
+        files = {"overlay": f"{stem}_overlay.png", "cam": f"{stem}_cam.npy"}
+        np.save(job.tmp / files["cam"], cam.astype(np.float32))
+        viz.overlay(pil, cam, colormap=job.args.colormap, alpha=job.args.alpha).save(job.tmp / files["overlay"])
+        explained = int(exp.class_idx[j]) if exp.class_idx is not None else None
+        records.append(
+            {
+                "input": str(path),
+                "image_size": list(pil.size),
+                **files,
+                "predicted": _class(names, int(probs[j].argmax()), probs[j]),
+                "explained": _class(names, explained, probs[j], score=round(float(exp.scores[j]), 6)),
+            }
+        )
+    return records
+
+
+def _explain_batch(explainer, x: torch.Tensor, targets: Any, spec: str):
+    try:
+        exp = explainer.explain(x, targets)
+    except FxcamError:
+        raise
+    except RuntimeError as exc:
+        raise CLIError(
+            f"{spec} failed on a batch of shape {tuple(x.shape)}: {' '.join(str(exc).split())[:300]}. "
+            f"Check --size (the model may need a fixed input size) and --layer."
+        ) from exc
+    _classifier_output(exp.output, spec)
+    return exp
+
+
+def _classifier_output(output: Any, spec: str) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise CLIError(
+            f"{spec} returns {shape}, not classifier logits (N, classes); the CLI explains classifiers. "
+            f"For other outputs use the Python API with a target callable (fxcam.targets)."
+        )
+    return output
+
+
+def _class(names: Sequence[str], index: int | None, probs_row: torch.Tensor, **extra: Any) -> dict[str, Any]:
+    return {
+        "index": index,
+        "name": names[index] if index is not None and 0 <= index < len(names) else None,
+        "probability": round(float(probs_row[index]), 6) if index is not None else None,
+        **extra,
+    }
+
+
+def _manifest(job: _Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    args, loaded, explainer = job.args, job.loaded, job.explainer
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": [PROG, *(sys.argv[1:] if args.argv is None else args.argv)],
+        "versions": versions(),
+        "model": args.model,
+        "weights": loaded.weights,
+        "method": explainer.method.name,
+        "layers": list(explainer.layers),
+        "target": args.target,
+        "device": str(job.device),
+        "preprocess": loaded.preprocess.describe(),
+        "options": {"aug_smooth": args.aug_smooth, "eigen_smooth": args.eigen_smooth},
+        "cam": "float32 (H, W) in [0, 1] at each image's size; 0 outside the region the model saw (center crop)",
+        "images": records,
+    }
+
+
+def _report(records: list[dict[str, Any]], explainer: Explainer, out: Path, started: float) -> None:
+    rows = [
+        (
+            Path(r["input"]).name,
+            f"{r['predicted']['name'] or r['predicted']['index']} ({r['predicted']['probability']:.2f})",
+            r["explained"]["name"] or r["explained"]["index"],
+        )
+        for r in records
+    ]
+    say(table(rows, ("image", "predicted (p)", "explained")))
+    say(
+        f"\n{explainer.method.name} at {', '.join(explainer.layers)}: {len(records)} "
+        f"image{'s' if len(records) != 1 else ''} explained; overlays, maps (.npy) and manifest.json in {out}/ "
+        f"({time.perf_counter() - started:.1f} s)"
+    )

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import closest
 from .common import CLIError, one_line
 from .images import Preprocess
-from .weights import load_state_dict_file, looks_like_file
+from .weights import fetch_torchvision_weights, load_state_dict_file, looks_like_file, torchvision_weights
 
 SPEC_FORMS = "torchvision:NAME, timm:NAME, path/to/file.py:FACTORY, demo:cnn or demo:vit"
 
@@ -130,34 +130,47 @@ def _load_torchvision(spec: str, name: str, weights: str | None, num_classes: in
         enum = models.get_model_weights(name)
     except (ValueError, KeyError):
         enum = None
-    default = enum.DEFAULT if enum is not None and hasattr(enum, "DEFAULT") else None
-    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-    chosen = None
     if weights is not None and not looks_like_file(weights):
-        chosen = _weights_member(enum, weights, spec)
-    if chosen is not None:
-        if num_classes is not None and num_classes != len(chosen.meta.get("categories", [])):
-            raise CLIError(
-                f"--num-classes {num_classes} does not fit {chosen} ({len(chosen.meta['categories'])} classes); "
-                f"drop --num-classes, or pass --weights PATH to a checkpoint with {num_classes} classes."
-            )
-        t = chosen.transforms()
-        if not hasattr(t, "crop_size"):
-            raise CLIError(
-                f"{spec} is not an image classifier ({type(t).__name__} preprocessing); the CLI explains classifiers. "
-                f"Use the Python API with a target from fxcam.targets for detection or segmentation models."
-            )
-        _fetch_torchvision_weights(chosen, spec)
-        model = models.get_model(name, weights=chosen)  # reads the checkpoint just cached
-        pre = Preprocess(
-            (int(t.crop_size[0]),) * 2,
-            int(t.resize_size[0]),
-            tuple(t.mean),
-            tuple(t.std),
-            t.interpolation.value,
-            f"{chosen}.transforms()",
+        return _torchvision_pretrained(spec, name, torchvision_weights(enum, weights, spec), num_classes)
+    default = enum.DEFAULT if enum is not None and hasattr(enum, "DEFAULT") else None
+    return _torchvision_built(spec, name, default, weights, num_classes, warn)
+
+
+def _torchvision_pretrained(spec: str, name: str, chosen: Any, num_classes: int | None) -> LoadedModel:
+    """torchvision's weights ``chosen`` (an enum member), with their own preprocessing and class names."""
+    from torchvision import models
+
+    if num_classes is not None and num_classes != len(chosen.meta.get("categories", [])):
+        raise CLIError(
+            f"--num-classes {num_classes} does not fit {chosen} ({len(chosen.meta['categories'])} classes); "
+            f"drop --num-classes, or pass --weights PATH to a checkpoint with {num_classes} classes."
         )
-        return LoadedModel(model, spec, pre, list(chosen.meta.get("categories") or []) or None, weights=str(chosen))
+    t = chosen.transforms()
+    if not hasattr(t, "crop_size"):
+        raise CLIError(
+            f"{spec} is not an image classifier ({type(t).__name__} preprocessing); the CLI explains classifiers. "
+            f"Use the Python API with a target from fxcam.targets for detection or segmentation models."
+        )
+    fetch_torchvision_weights(chosen, spec)
+    model = models.get_model(name, weights=chosen)  # reads the checkpoint just cached
+    pre = Preprocess(
+        (int(t.crop_size[0]),) * 2,
+        int(t.resize_size[0]),
+        tuple(t.mean),
+        tuple(t.std),
+        t.interpolation.value,
+        f"{chosen}.transforms()",
+    )
+    return LoadedModel(model, spec, pre, list(chosen.meta.get("categories") or []) or None, weights=str(chosen))
+
+
+def _torchvision_built(
+    spec: str, name: str, default: Any, weights: str | None, num_classes: int | None, warn: Warn
+) -> LoadedModel:
+    """The architecture without torchvision's weights: random, or a state_dict file (``weights``)."""
+    from torchvision import models
+
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     try:
         model = models.get_model(name, weights=None, **kwargs)
     except TypeError as exc:
@@ -179,38 +192,6 @@ def _load_torchvision(spec: str, name: str, weights: str | None, num_classes: in
         return LoadedModel(model, spec, pre, categories, weights=None)
     load_state_dict_file(model, weights, spec)
     return LoadedModel(model, spec, pre, categories, weights=str(Path(weights).resolve()))
-
-
-def _weights_member(enum: Any, value: str, spec: str):
-    members = list(enum.__members__) if enum is not None else []
-    if enum is None or not members:
-        raise CLIError(
-            f"--weights {value}: torchvision has no pretrained weights for {spec}; pass --weights PATH to a state_dict."
-        )
-    key = value.split(".")[-1]  # accept ResNet50_Weights.IMAGENET1K_V2
-    if key not in enum.__members__:
-        raise CLIError(
-            f"--weights {value!r} is neither a file nor a weights name of {spec}; valid names: {members} "
-            f"(DEFAULT = {enum.DEFAULT.name if hasattr(enum, 'DEFAULT') else '-'}), or a path to a state_dict file."
-        )
-    return enum[key]
-
-
-def _fetch_torchvision_weights(weights: Any, spec: str) -> None:
-    """Put the checkpoint in torch's hub cache (a no-op when it is there), or explain why not."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if cached.is_file():
-        return
-    try:
-        torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True, map_location="cpu")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CLIError(
-            f"--weights {weights.name.split('.')[-1] if hasattr(weights, 'name') else weights}: could not download "
-            f"{weights} for {spec} from {weights.url} ({reason}); this machine seems to be offline. "
-            f"Pass --weights PATH to a state_dict file (.pt/.pth, saved with torch.save(model.state_dict(), PATH)), "
-            f"or copy the checkpoint to {cached}."
-        ) from None
 
 
 def _load_timm(spec: str, name: str, weights: str | None, num_classes: int | None, warn: Warn) -> LoadedModel:
@@ -243,13 +224,7 @@ def _load_timm(spec: str, name: str, weights: str | None, num_classes: int | Non
             raise CLIError(_timm_offline(spec, exc)) from None
         raise CLIError(f"timm could not build {name} ({kwargs or 'no options'}): {type(exc).__name__}: "
                        f"{one_line(exc)[:300]}") from None
-    cfg = timm.data.resolve_model_data_config(model)
-    h, w = (int(v) for v in cfg["input_size"][1:])
-    crop_pct = float(cfg.get("crop_pct") or 1.0)
-    resize = int(math.floor(min(h, w) / crop_pct)) if crop_pct < 1.0 else None
-    interp = cfg.get("interpolation", "bilinear")
-    interp = interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear"
-    pre = Preprocess((h, w), resize, tuple(cfg["mean"]), tuple(cfg["std"]), interp, "timm data config")
+    pre = _timm_preprocess(timm.data.resolve_model_data_config(model))
     categories = _timm_categories(model)
     if weights is None:
         warn(
@@ -259,6 +234,15 @@ def _load_timm(spec: str, name: str, weights: str | None, num_classes: int | Non
     elif not pretrained:
         load_state_dict_file(model, weights, spec)
     return LoadedModel(model, spec, pre, categories, weights=weights if pretrained else (weights and str(Path(weights).resolve())))
+
+
+def _timm_preprocess(cfg: dict[str, Any]) -> Preprocess:
+    h, w = (int(v) for v in cfg["input_size"][1:])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    resize = int(math.floor(min(h, w) / crop_pct)) if crop_pct < 1.0 else None
+    interp = cfg.get("interpolation", "bilinear")
+    interp = interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear"
+    return Preprocess((h, w), resize, tuple(cfg["mean"]), tuple(cfg["std"]), interp, "timm data config")
 
 
 def _is_download_error(exc: BaseException) -> bool:
@@ -326,26 +310,11 @@ def _load_demo(spec: str, name: str, weights: str | None, num_classes: int | Non
 
 
 def _load_factory(spec: str, path: str, factory: str, weights: str | None, num_classes: int | None) -> LoadedModel:
-    file = Path(path)
-    if not file.is_file():
-        raise CLIError(f"Model file '{path}' (from spec {spec!r}) does not exist; check the path.")
-    module_name = f"_fxcam_user_model_{abs(hash(str(file.resolve())))}"
-    mod_spec = importlib.util.spec_from_file_location(module_name, file)
-    if mod_spec is None or mod_spec.loader is None:
-        raise CLIError(f"Cannot import '{path}' as a Python module.")
-    module = importlib.util.module_from_spec(mod_spec)
-    sys.modules[module_name] = module
-    sys.path.insert(0, str(file.resolve().parent))  # the file's own imports of its neighbours
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise CLIError(f"Importing '{path}' failed: {type(exc).__name__}: {one_line(exc)}") from exc
-    finally:
-        sys.path.remove(str(file.resolve().parent))
+    module = _import_file(spec, path)
     fn = getattr(module, factory, None)
     if not callable(fn):
         callables = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and
-                     getattr(v, "__module__", None) == module_name]
+                     getattr(v, "__module__", None) == module.__name__]
         raise CLIError(
             f"'{path}' has no callable {factory!r}; functions and classes defined there: {callables or 'none'}. "
             f"Spec form: path/to/file.py:FACTORY, where FACTORY() returns an nn.Module."
@@ -370,6 +339,27 @@ def _load_factory(spec: str, path: str, factory: str, weights: str | None, num_c
         described = str(Path(weights).resolve())
     pre = Preprocess((224, 224), source="ImageNet mean/std, resize")
     return LoadedModel(model, spec, pre, None, weights=described)
+
+
+def _import_file(spec: str, path: str) -> Any:
+    """The module of the file ``path`` names, imported under a private name."""
+    file = Path(path)
+    if not file.is_file():
+        raise CLIError(f"Model file '{path}' (from spec {spec!r}) does not exist; check the path.")
+    module_name = f"_fxcam_user_model_{abs(hash(str(file.resolve())))}"
+    mod_spec = importlib.util.spec_from_file_location(module_name, file)
+    if mod_spec is None or mod_spec.loader is None:
+        raise CLIError(f"Cannot import '{path}' as a Python module.")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, str(file.resolve().parent))  # the file's own imports of its neighbours
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CLIError(f"Importing '{path}' failed: {type(exc).__name__}: {one_line(exc)}") from exc
+    finally:
+        sys.path.remove(str(file.resolve().parent))
+    return module
 
 
 def _num_outputs(model: nn.Module) -> int | None:

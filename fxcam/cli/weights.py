@@ -1,9 +1,12 @@
-"""``--weights PATH``: reading a ``state_dict`` file into a model, with one-line errors."""
+"""What ``--weights`` names: a ``state_dict`` file read into a model, or torchvision's weights by name
+(fetched into torch's hub cache); with one-line errors."""
 
 from __future__ import annotations
 
 import os
+import urllib.error
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +23,19 @@ def looks_like_file(value: str) -> bool:
 
 def load_state_dict_file(model: nn.Module, path: str, spec: str) -> None:
     """Load a ``state_dict`` saved with ``torch.save`` (or safetensors) into ``model``, strictly."""
+    state = _read_state_dict(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        parts, mismatched = _differences(model.state_dict(), state)
+        hint = " If the classifier has another number of classes, pass --num-classes." if mismatched else ""
+        raise CLIError(
+            f"Weights '{path}' do not fit {spec}: {'; '.join(parts) or one_line(exc)[:200]}.{hint}"
+        ) from None
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    """The dict of tensors in the file (unwrapped from a checkpoint dict, without DataParallel's prefix)."""
     file = Path(path)
     if not file.is_file():
         raise CLIError(f"Weights file '{path}' does not exist; --weights takes a state_dict file or DEFAULT.")
@@ -46,23 +62,55 @@ def load_state_dict_file(model: nn.Module, path: str, spec: str) -> None:
         raise CLIError(f"'{path}' does not hold a state_dict (a dict of tensors); got {type(state).__name__}.")
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{len(mismatched)} of another shape (e.g. {k}: file {tuple(state[k].shape)}, "
-                         f"model {tuple(own[k].shape)})")
-        hint = " If the classifier has another number of classes, pass --num-classes." if mismatched else ""
+    return state
+
+
+def _differences(own: dict[str, Tensor], state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """What keeps ``state`` from fitting a model whose own state_dict is ``own``: descriptions, and the
+    keys of another shape."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    if mismatched:
+        k = mismatched[0]
+        parts.append(f"{len(mismatched)} of another shape (e.g. {k}: file {tuple(state[k].shape)}, "
+                     f"model {tuple(own[k].shape)})")
+    return parts, mismatched
+
+
+def torchvision_weights(enum: Any, value: str, spec: str) -> Any:
+    """The member of torchvision's weights ``enum`` that ``--weights value`` names (DEFAULT, IMAGENET1K_V2, ...)."""
+    members = list(enum.__members__) if enum is not None else []
+    if enum is None or not members:
         raise CLIError(
-            f"Weights '{path}' do not fit {spec}: {'; '.join(parts) or one_line(exc)[:200]}.{hint}"
+            f"--weights {value}: torchvision has no pretrained weights for {spec}; pass --weights PATH to a state_dict."
+        )
+    key = value.split(".")[-1]  # accept ResNet50_Weights.IMAGENET1K_V2
+    if key not in enum.__members__:
+        raise CLIError(
+            f"--weights {value!r} is neither a file nor a weights name of {spec}; valid names: {members} "
+            f"(DEFAULT = {enum.DEFAULT.name if hasattr(enum, 'DEFAULT') else '-'}), or a path to a state_dict file."
+        )
+    return enum[key]
+
+
+def fetch_torchvision_weights(weights: Any, spec: str) -> None:
+    """Put the checkpoint in torch's hub cache (a no-op when it is there), or explain why not."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if cached.is_file():
+        return
+    try:
+        torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=True, map_location="cpu")
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CLIError(
+            f"--weights {weights.name.split('.')[-1] if hasattr(weights, 'name') else weights}: could not download "
+            f"{weights} for {spec} from {weights.url} ({reason}); this machine seems to be offline. "
+            f"Pass --weights PATH to a state_dict file (.pt/.pth, saved with torch.save(model.state_dict(), PATH)), "
+            f"or copy the checkpoint to {cached}."
         ) from None
