@@ -41,9 +41,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fxcam.cli_support import pointing_game  # noqa: E402  (per map: is its maximum on the object?)
 from fxcam.demo.models import _WEIGHTS, DEFAULT_LAYERS, DemoCNN, DemoViT  # noqa: E402
 from fxcam.demo.scenes import make_scenes  # noqa: E402
+from fxcam.metrics import pointing_game  # noqa: E402  (per map: is its maximum on the object?)
 
 # name -> builder, steps, batch, peak lr, weight decay, weight of the CAM equivariance loss
 CONFIGS = {

@@ -40,8 +40,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .errors import FxcamError
-from .graph import ACT, CLASS_IDX, INPUT, LOGITS, META, batched, explainer_graph, example_input_for, first_line
-from .instrument import Instrumented, instrument
+from .graph import ACT, CLASS_IDX, INPUT, LOGITS, META, batched, first_line
+from .instrument import Instrumented
 
 SUFFIXES = (".pt2", ".onnx")
 ONNX_HINT = "ONNX export needs the optional packages onnx, onnxscript and onnxruntime: pip install fxcam[onnx]"
@@ -250,44 +250,4 @@ class _staging:  # noqa: N801 - a context manager used like a function
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-# -- the CLI's entry point -------------------------------------------------------------------
-
-
-def export_cli(
-    model: nn.Module,
-    layers: str | Iterable[str] | None,
-    method: str | None,
-    out: str | os.PathLike,
-    example_input: Tensor | None = None,
-    *,
-    targets: str = "top1",
-    dynamic_batch: bool = True,
-    **options: Any,
-) -> Path:
-    """What ``fxcam export MODEL --layer L [--method M] --out F`` does.
-
-    ``method=None``: the instrumented model ``x -> (logits, {layer: act})``; a method name: that
-    explainer's graph ``x -> (logits, cam)`` (``targets="input"`` adds a ``class_idx`` input).
-    ``layers=None`` picks :func:`fxcam.default_layer`. ``example_input`` defaults to one
-    ``(1, C, 224, 224)`` image. ``options`` go to the :class:`~fxcam.Explainer` (method options,
-    ``fuse``, ``reshape``, ``aug_smooth``). The model must be in eval mode (it is not changed
-    here; a training-mode model is an error). Returns the written path.
-    """
-    from .api import Explainer  # noqa: PLC0415 - moves to the CLI package; api does not import this module
-
-    x = example_input_for(model, example_input)
-    if method is None:
-        if options:
-            raise FxcamError(f"Options {sorted(options)} apply to an explainer; pass a method to use them.")
-        if layers is None:
-            from .layers import default_layer
-
-            layers = default_layer(model, tuple(x.shape[2:]))
-        module: nn.Module = instrument(model, layers)
-    else:
-        explainer = Explainer(model, layers, method, **options)
-        module = explainer_graph(explainer.recipe, x, targets=targets, dynamic_batch=dynamic_batch)
-    return export(module, x, out, dynamic_batch=dynamic_batch)
-
-
-__all__ = ["export", "explainer_graph", "export_cli", "SUFFIXES"]
+__all__ = ["export", "SUFFIXES"]

@@ -20,10 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
+import fxcam
 from fxcam import methods
 from fxcam.cli import main
-from fxcam.cli_support import Preprocess, cam_to_image, pointing_game
+from fxcam.cli.images import Preprocess, cam_to_image
 from fxcam.demo import CLASSES, DEFAULT_LAYERS, IMAGE_SIZE, load_demo_model, make_scenes
+from fxcam.metrics import pointing_game
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -371,6 +373,23 @@ def test_export_pt2(tmp_path, capsys):
     torch.testing.assert_close(acts[layer], ref_acts[layer], rtol=1e-4, atol=1e-5)
     rc, _, err = run(capsys, "export", "demo:cnn", "--out", out)
     assert_one_line_error(rc, err, "already exists")
+
+
+def test_export_default_layer_and_explainer_graph(tmp_path, capsys):
+    """Without --layer the default layer's activations; with --method the explainer graph (static batch)."""
+    out = tmp_path / "acts.pt2"
+    rc, _, err = run(capsys, "export", "demo:vit", "--out", out)
+    assert rc == 0, err
+    images = make_scenes(3, seed=5)[0]
+    _, acts = torch.export.load(str(out)).module()(images[:1])
+    assert list(acts) == [DEFAULT_LAYERS["vit"]]
+    out = tmp_path / "cam.pt2"
+    rc, _, err = run(capsys, "export", "demo:vit", "--layer", DEFAULT_LAYERS["vit"], "--method", "hirescam",
+                     "--static-batch", "--batch-size", 3, "--out", out)
+    assert rc == 0, err
+    logits, cams = torch.export.load(str(out)).module()(images)
+    expected = fxcam.Explainer(load_demo_model("vit"), DEFAULT_LAYERS["vit"], "hirescam")(images)
+    torch.testing.assert_close(cams, expected, rtol=0, atol=1e-4)
 
 
 def _env() -> dict[str, str]:

@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.fx
 
-from fxcam.cli_support import pointing_game
 from fxcam.demo import (
     CLASSES,
     DEFAULT_LAYERS,
@@ -11,8 +10,9 @@ from fxcam.demo import (
     DemoViT,
     load_demo_model,
     make_scenes,
-    normalize,
+    standardize,
 )
+from fxcam.metrics import pointing_game
 
 # Held-out scenes: the training script uses seed 0 for training and 10000 for its test set.
 HELD_OUT_SEED = 777
@@ -94,10 +94,10 @@ def test_distractor_count_option():
     assert make_scenes(0)[0].shape == (0, 3, IMAGE_SIZE, IMAGE_SIZE)
 
 
-def test_normalize_matches_model_preprocessing():
+def test_standardize_matches_model_preprocessing():
     x = torch.rand(2, 3, 8, 8)
     model = DemoCNN()
-    assert torch.allclose(model.normalize(x), normalize(x))
+    assert torch.allclose(model.normalize(x), standardize(x))
 
 
 # --------------------------------------------------------------------------- models

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import importlib
 import io
 import json
 import sys
@@ -26,7 +25,6 @@ from torchvision.models.swin_transformer import SwinTransformer
 import fxcam
 from fxcam import FxcamError
 
-import fxcam.exporter as fxexport  # noqa: E402
 
 GRAPH_METHODS = ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "layercam")
 ACT_TOL = dict(rtol=1e-5, atol=1e-5)  # (logits, activations) after a round trip through a file
@@ -331,15 +329,3 @@ def test_core_never_imports_onnx():
             if any(n.split(".")[0] in ("onnx", "onnxruntime", "onnxscript") for n in names) and id(node) not in inside:
                 found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
-
-
-def test_export_cli(vit, tmp_path):
-    """The function `fxcam export MODEL --layer L [--method M] --out F` calls."""
-    x = _batches(32)[1]
-    layer = fxcam.default_layer(vit, (32, 32))
-    out = fxexport.export_cli(vit, None, None, tmp_path / "acts.pt2", x)  # default layer, activations
-    _, acts = torch.export.load(out).module()(x)
-    assert list(acts) == [layer]
-    out = fxexport.export_cli(vit, [layer], "hirescam", tmp_path / "cam.pt2", x, dynamic_batch=False)
-    logits, cams = torch.export.load(out).module()(x)
-    torch.testing.assert_close(cams, fxcam.Explainer(vit, layer, "hirescam")(x), **MAP_TOL)

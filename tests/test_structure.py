@@ -279,7 +279,7 @@ def test_no_private_imports_or_attributes_across_modules():
 # 3. layers: the methods, ops and reshape import only the standard library, torch and lower fxcam
 
 LOW_LAYER = ("fxcam.methods", "fxcam.ops", "fxcam.reshape")
-UPPER = ("api", "cli", "cli_support", "viz", "export", "graph", "compat", "demo", "run", "report")
+UPPER = ("api", "maps", "graph", "exporter", "dff", "metrics", "compat", "viz", "demo", "cli", "run", "report")
 ALLOWED_EXTERNAL = {"torch"}  # and the standard library
 
 

@@ -1,0 +1,172 @@
+"""Images in and maps out: model preprocessing, finding and reading images, maps drawn back onto them.
+
+- :class:`Preprocess` turns a PIL image into the model's input tensor and remembers which
+  box of the original image that input covers, so a map can be drawn back onto the
+  original image (:func:`cam_to_image`).
+- :func:`find_images` / :func:`check_image` / :func:`read_image`: inputs, with one-line errors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from ..ops import upsample
+from .common import CLIError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
+
+
+# --------------------------------------------------------------------------- preprocessing
+@dataclass(frozen=True)
+class Preprocess:
+    """PIL image -> ``(3, H, W)`` float tensor, and the box of the image that tensor shows.
+
+    ``size``: the model's input ``(H, W)``. ``resize``: ``None`` resizes the whole image to
+    ``size`` (every pixel is explained); an int resizes the shorter side to ``resize`` and
+    center-crops ``size``, which is what torchvision's and timm's eval transforms do.
+    ``mean``/``std``: per-channel normalization after scaling to [0, 1] (``None``: none,
+    for models that normalize inside, like the demo models).
+    """
+
+    size: tuple[int, int]
+    resize: int | None = None
+    mean: tuple[float, ...] | None = IMAGENET_MEAN
+    std: tuple[float, ...] | None = IMAGENET_STD
+    interpolation: str = "bilinear"
+    source: str = "ImageNet mean/std, resize"
+
+    def __call__(self, image: Image.Image) -> tuple[Tensor, tuple[float, float, float, float]]:
+        """``(x, box)``: ``x`` is ``(3, H, W)`` float32; ``box`` is ``(left, top, right, bottom)``
+        in the original image's pixels (the region the model sees)."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        mode = InterpolationMode(self.interpolation)
+        w0, h0 = image.size
+        if self.resize is None:
+            img = TF.resize(image, list(self.size), interpolation=mode, antialias=True)
+            box = (0.0, 0.0, float(w0), float(h0))
+        else:  # the same calls, in the same order, as torchvision's ImageClassification
+            img = TF.resize(image, [self.resize], interpolation=mode, antialias=True)
+            w1, h1 = img.size
+            img = TF.center_crop(img, list(self.size))
+            ch, cw = self.size
+            top, left = int(round((h1 - ch) / 2.0)), int(round((w1 - cw) / 2.0))
+            sx, sy = w0 / w1, h0 / h1
+            box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        x = TF.convert_image_dtype(TF.pil_to_tensor(img), torch.float32)
+        if self.mean is not None:
+            x = TF.normalize(x, list(self.mean), list(self.std))
+        return x, box
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.size),
+            "resize_shorter_side": self.resize,
+            "center_crop": self.resize is not None,
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "interpolation": self.interpolation,
+            "from": self.source,
+        }
+
+    def with_size(self, size: tuple[int, int] | None) -> Preprocess:
+        """The same pipeline at input ``size``, keeping the crop fraction of a crop pipeline."""
+        if size is None or tuple(size) == self.size:
+            return self
+        resize = None
+        if self.resize is not None:
+            resize = int(math.floor(min(size) * self.resize / min(self.size)))
+        return Preprocess(tuple(size), resize, self.mean, self.std, self.interpolation, self.source + ", --size")
+
+
+def cam_to_image(cam: Tensor, image_size: tuple[int, int], box: Sequence[float]) -> np.ndarray:
+    """A map at the model's input resolution ``(h, w)`` -> float32 ``(H, W)`` on the original image.
+
+    ``image_size`` is PIL's ``(W, H)``. The map is resized bilinearly into ``box`` (the
+    region the model saw); pixels outside the box (cropped away) are 0.
+    """
+    w0, h0 = image_size
+    left, top, right, bottom = (int(round(v)) for v in box)
+    left, top = max(left, 0), max(top, 0)
+    right, bottom = min(max(right, left + 1), w0), min(max(bottom, top + 1), h0)
+    region = upsample(cam.detach().float().cpu()[None], (bottom - top, right - left))[0]
+    if (left, top, right, bottom) == (0, 0, w0, h0):
+        return region.clamp(0, 1).numpy()
+    canvas = torch.zeros(h0, w0)
+    canvas[top:bottom, left:right] = region
+    return canvas.clamp(0, 1).numpy()
+
+
+# --------------------------------------------------------------------------- images
+def find_images(inputs: Sequence[str]) -> list[Path]:
+    """Files as given and the image files inside folders (sorted by name, not recursive)."""
+    found: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise CLIError(
+                    f"Folder '{raw}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                    f"pass image files or a folder that contains some."
+                )
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        elif path.exists():
+            raise CLIError(f"'{raw}' is neither a file nor a folder; pass image files or folders of images.")
+        else:
+            raise CLIError(f"Image '{raw}' does not exist (working directory: {os.getcwd()}); check the path.")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """Read only the header: ``(W, H)``, or a one-line error for a file PIL cannot read."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except UnidentifiedImageError:
+        raise CLIError(
+            f"Cannot read '{path}' as an image: it is not a format PIL recognizes. "
+            f"Pass image files (e.g. {', '.join(IMAGE_SUFFIXES[:4])})."
+        ) from None
+    except OSError as exc:
+        raise CLIError(f"Cannot read image '{path}': {exc}.") from None
+
+
+def read_image(path: Path) -> Image.Image:
+    """The whole image, decoded, EXIF orientation applied, as RGB."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise CLIError(f"Cannot read '{path}' as an image: it is not a format PIL recognizes.") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
+        raise CLIError(f"Cannot decode image '{path}': {exc}. Is the file complete?") from None
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output name stems: the file stems, with ``-2``, ``-3`` ... appended to repeats."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        stem = p.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
