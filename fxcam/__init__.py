@@ -1,11 +1,11 @@
 """fxcam: class activation maps compiled into the model's fx graph."""
 
-from . import dff, methods, ops, reshape, targets
+from . import dff, methods, metrics, ops, reshape, targets
 from .api import Explainer, explain
+from .errors import FxcamError, FxcamTypeError, LayerNotFoundError, ReshapeError, TraceError
+from .exporter import export  # writes .pt2/.onnx; graphs are built by fxcam.graph
 from .instrument import Instrumented, instrument
 from .maps import Explanation
-from .errors import FxcamError, LayerNotFoundError, ReshapeError, TraceError
-from .exporter import export  # writes .pt2/.onnx; graphs are built by fxcam.graph
 from .layers import default_layer, layer_shapes
 from .trace import list_layers
 
@@ -15,6 +15,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "FxcamError",
+    "FxcamTypeError",
     "Instrumented",
     "LayerNotFoundError",
     "ReshapeError",
@@ -27,6 +28,7 @@ __all__ = [
     "layer_shapes",
     "list_layers",
     "methods",
+    "metrics",
     "ops",
     "reshape",
     "targets",
