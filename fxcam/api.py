@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -45,8 +46,17 @@ class Explainer:
     - ``progress``: show a progress bar in long driver methods.
     - ``**method_options``: passed to the method (``fxcam.methods.get(name).options``).
 
-    The model is not modified. If it is in training mode a warning says so: BatchNorm would
-    update its running statistics and dropout would make maps random.
+    The model is never modified, in any mode: it is compiled from an eval-mode copy of its
+    module tree that shares its parameters and buffers (:func:`fxcam.trace.eval_copy`), so the
+    maps are always the eval-mode maps (BatchNorm reads its running statistics and does not
+    update them, dropout is off), even for a model left in ``train()`` mode, e.g. inside a
+    training loop. Explainers work inside ``torch.no_grad()`` and ``torch.inference_mode()``
+    blocks, and may be built and called from several threads at once.
+
+    Input checks: ``x`` is a batched tensor; an input with NaN or Inf values is refused (the
+    images are named); a floating input of another dtype than the model's (float64 for a
+    float32 model) is cast to the model's dtype, and the maps come back in ``x``'s dtype.
+    A layer whose map is 1x1 at this input size gets a warning (its map is constant: all zero).
     """
 
     def __init__(
@@ -109,20 +119,40 @@ class Explainer:
 
     def explain(self, x: Tensor, targets: Any = None, *, size: Sequence[int] | None = None) -> Explanation:
         """Maps, the model output, the explained classes and scores for batch ``x``."""
+        dtype = self._check_input(x)
+        size = tuple(size) if size is not None else tuple(x.shape[2:])
+        # gradients are needed whatever the caller's grad mode (no_grad, inference_mode)
+        with torch.inference_mode(False), torch.enable_grad():
+            if x.is_inference():
+                x = x.clone()
+            param = next(self.model.parameters(), None)
+            if param is not None and x.is_floating_point() and param.is_floating_point() and x.dtype != param.dtype:
+                x = x.to(param.dtype)
+            result = _maps.run(self.recipe, x, targets, size)
+        if dtype is not None and result.cams.dtype != dtype:
+            result.cams = result.cams.to(dtype)
+            result.per_layer = {k: v.to(dtype) for k, v in result.per_layer.items()}
+        _warn_nan(result.cams)
+        return result
+
+    def _check_input(self, x: Any) -> torch.dtype | None:
+        """Raise for what is not a batch of finite images; the dtype the maps are returned in."""
         conv2d = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         if not isinstance(x, Tensor) or x.ndim < 3 or (x.ndim == 3 and conv2d):
             raise FxcamError(
                 f"x must be a batched image tensor (N, C, H, W); got "
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}. Add a batch dim with x[None]."
             )
-        if self.model.training:
-            warnings.warn(
-                f"{type(self.model).__name__} is in training mode: BatchNorm updates its running statistics and "
-                f"dropout makes maps random. Call model.eval() before explaining.",
-                stacklevel=2,
-            )
-        size = tuple(size) if size is not None else tuple(x.shape[2:])
-        return _maps.run(self.recipe, x, targets, size)
+        if x.is_floating_point() or x.is_complex():
+            bad = ~torch.isfinite(x).flatten(1).all(1)
+            if bool(bad.any()):
+                images = bad.nonzero().flatten().tolist()
+                raise FxcamError(
+                    f"x has NaN or Inf values in image(s) {images} of the batch of {x.shape[0]}: their maps would be "
+                    f"NaN. Fix the input (e.g. torch.nan_to_num(x)) or leave those images out."
+                )
+            return x.dtype
+        return None
 
     def __call__(self, x: Tensor, targets: Any = None, *, size: Sequence[int] | None = None) -> Tensor:
         return self.explain(x, targets, size=size).cams
@@ -142,6 +172,16 @@ class Explainer:
 
     def __repr__(self) -> str:
         return f"Explainer(method={self.method.name!r}, layers={list(self.layers)}, reshape={self.reshape!r})"
+
+
+def _warn_nan(cams: Tensor) -> None:
+    bad = torch.isnan(cams).flatten(1).any(1)
+    if bool(bad.any()):
+        warnings.warn(
+            f"The maps of image(s) {bad.nonzero().flatten().tolist()} are NaN: the model's output or gradient is not "
+            f"finite for them (NaN/Inf weights, or an overflow in a low-precision dtype).",
+            stacklevel=3,
+        )
 
 
 def default_layers(model: nn.Module) -> list[str]:

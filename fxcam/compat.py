@@ -6,8 +6,10 @@ the rest of the code stays as it is::
     with GradCAM(model=model, target_layers=[model.layer4]) as cam:
         grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])  # numpy (N, H, W)
 
-Differences, all deliberate: the model is not hooked and not switched to ``eval()`` (call it
-yourself, a warning reminds you); ``target_layers`` may also be names; the maps are computed
+Differences, all deliberate: the model is not hooked and not switched to ``eval()`` (the maps
+are the eval-mode maps all the same, as pytorch-grad-cam's: fxcam compiles an eval-mode copy
+of the model, so a model in training mode is explained as in eval mode and left as it is);
+``target_layers`` may also be names; the maps are computed
 on the model's device and converted to numpy at the very end, as pytorch-grad-cam returns;
 EigenCAM's component sign is fixed (see :func:`fxcam.ops.first_principal_component`);
 exceptions are never swallowed.

@@ -39,6 +39,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .compiling import compiling
 from .errors import FxcamError
 from .graph import ACT, CLASS_IDX, INPUT, LOGITS, META, batched, first_line
 from .instrument import Instrumented
@@ -163,8 +164,8 @@ def _example_args(module: nn.Module, example_input: Any) -> tuple[Tensor, ...]:
 
 def _in_training(module: nn.Module) -> bool:
     """Whether a module of the model is in training mode (fxcam's own wrappers and containers do not count)."""
-    if isinstance(module, fx.GraphModule) and META in module.meta:
-        return False  # an explainer graph: the mode was checked when it was traced, its ops are fixed
+    if isinstance(module, Instrumented) or (isinstance(module, fx.GraphModule) and META in module.meta):
+        return False  # compiled by fxcam from an eval-mode copy of the model (fxcam.trace.eval_copy)
     ours = (Instrumented, fx.GraphModule)
     return any(m.training for m in module.modules() if not isinstance(m, ours) and type(m) is not nn.Module)
 
@@ -211,7 +212,8 @@ def _torch_export(module: nn.Module, args: tuple[Tensor, ...], dynamic_batch: bo
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} if a.ndim else None for a in args)
     try:
-        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+        with compiling():
+            return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with context
         hint = " Pass dynamic_batch=False to export a fixed batch size." if dynamic_batch else ""
         raise FxcamError(

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from . import maps as _maps
 from . import targets as _targets
+from .compiling import compiling
 from .errors import FxcamError
 
 INPUT, CLASS_IDX, LOGITS, CAM, ACT = "input", "class_idx", "logits", "cam", "act:"
@@ -71,13 +72,7 @@ def explainer_graph(
     >>> logits, cams = graph(x)          # cams == Explainer(model, "layer4")(x) within 1e-5
     """
     _check_graphable(recipe, targets)
-    model = recipe.model
-    x = example_input_for(model, example_input)
-    if model.training:
-        raise FxcamError(
-            f"{type(model).__name__} is in training mode: the graph would bake in BatchNorm's batch "
-            f"statistics (and update the running ones) and random dropout. Call model.eval() before to_graph()."
-        )
+    x = example_input_for(recipe.model, example_input)  # the compiled model is in eval mode, whatever the model's
     size = tuple(int(s) for s in size) if size is not None else tuple(x.shape[2:])
     with torch.inference_mode():
         _, raw = recipe.instrumented(x)
@@ -93,9 +88,11 @@ def explainer_graph(
     inputs = (INPUT, CLASS_IDX) if targets == "input" else (INPUT,)
     fn = explained if targets == "input" else top1
     what = f"Method '{recipe.method.name}'"
-    gm = _trace(fn, x, with_class_idx=targets == "input", dynamic_batch=dynamic_batch, what=what)
-    _check_ops(gm, what)
-    gm = _named_parameters(gm, recipe.instrumented.graph_module)
+    with compiling():
+        gm = _trace(fn, x, with_class_idx=targets == "input", dynamic_batch=dynamic_batch, what=what)
+        _check_ops(gm, what)
+        gm = _named_parameters(gm, recipe.instrumented.graph_module)
+        _insert_size_check(gm, tuple(x.shape[1:]), example_input is None)
     gm.__class__.__name__ = f"{recipe.instrumented.model_name}{_camel(recipe.method.name)}Graph"
     gm.meta[META] = {
         "kind": "explainer",
@@ -112,6 +109,30 @@ def explainer_graph(
         "dtype": str(x.dtype).removeprefix("torch."),
     }
     return gm
+
+
+def check_input_size(x: Tensor, shape: tuple[int, ...], default: bool) -> None:
+    """The first node of an explainer graph: its input must have the traced (C, H, W).
+
+    With torch.export and torch.compile the shape is known when tracing, so this check is
+    evaluated then and leaves no operation in the exported or compiled program. Re-tracing the
+    graph with torch.fx (unpickling a GraphModule does) passes a Proxy: nothing to check then."""
+    if isinstance(x, fx.Proxy):
+        return
+    if tuple(x.shape[1:]) != tuple(shape):
+        how = "to_graph() without an example input traces a (1, C, 224, 224) image; " if default else ""
+        raise FxcamError(
+            f"This explainer graph was traced for inputs (N, {', '.join(map(str, shape))}); got {tuple(x.shape)}. "
+            f"{how}build a graph for this size: explainer.to_graph(torch.zeros(1, {', '.join(map(str, x.shape[1:]))}))."
+        )
+
+
+def _insert_size_check(gm: fx.GraphModule, shape: tuple[int, ...], default: bool) -> None:
+    x = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    with gm.graph.inserting_after(x):
+        gm.graph.call_function(check_input_size, (x, shape, default))
+    gm.graph.lint()
+    gm.recompile()
 
 
 def _resolve(class_idx: Tensor | None, output: Any) -> tuple[Tensor, Tensor]:

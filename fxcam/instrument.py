@@ -13,11 +13,12 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .compiling import compiling
 from .errors import FxcamError, TraceError
 from .passes import Split, deinplace, insert_taps, split_at
 from .passes.attention import attention_nodes, explicit_attention
 from .passes.bias import BiasLayer, bias_layers, hidden_bias_layers
-from .trace import Layer, resolve_layers, torchvision_leaf_modules, trace
+from .trace import Layer, eval_copy, layer_list, resolve_layers, torchvision_leaf_modules, trace
 
 
 class Instrumented(nn.Module):
@@ -58,9 +59,10 @@ class Instrumented(nn.Module):
         return self._split_at((layer,))
 
     def _split_at(self, layers: tuple[str, ...]) -> Split:
-        if layers not in self.splits:
-            self.splits[layers] = split_at(self.graph_module, [self.nodes[k] for k in layers])
-        return self.splits[layers]
+        with compiling():
+            if layers not in self.splits:
+                self.splits[layers] = split_at(self.graph_module, [self.nodes[k] for k in layers])
+            return self.splits[layers]
 
     def forward_for_grad(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         """Like ``forward``, but the prefix runs without recording autograd history and the
@@ -101,10 +103,12 @@ def instrument(
     >>> inst = fxcam.instrument(model.eval(), "layer4")
     >>> logits, acts = inst(x)          # logits equal model(x); acts["layer4"]: (N, 512, 7, 7)
     """
-    traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, trace_into=trace_into)
-    taps = resolve_layers(model, traced, layers)
-    gm = _tap(traced.graph_module, taps)
-    return Instrumented(gm, taps, type(model).__name__)
+    layers = layer_list(layers)  # a bad argument fails before the trace
+    with compiling():
+        traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions, trace_into=trace_into)
+        taps = resolve_layers(model, traced, layers)
+        gm = _tap(traced.graph_module, taps)
+        return Instrumented(gm, taps, type(model).__name__)
 
 
 def _tap(gm: fx.GraphModule, taps: dict[str, str]) -> fx.GraphModule:
@@ -124,8 +128,9 @@ def instrument_attention(
     block holding it (the attention module's parent) are tapped. Returns the Instrumented graph
     and ``{attention name: block name or None}`` in execution order.
     """
-    traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
-    gm = explicit_attention(traced.graph_module)
+    with compiling():
+        traced = trace(model, leaf_modules=leaf_modules, autowrap_functions=autowrap_functions)
+        gm = explicit_attention(traced.graph_module)
     probs = attention_nodes(gm)
     if not probs:
         raise FxcamError(
@@ -135,7 +140,8 @@ def instrument_attention(
         )
     blocks = {a: (a.rsplit(".", 1)[0] if "." in a and a.rsplit(".", 1)[0] in traced.node_of else None) for a in probs}
     taps = {**probs, **{b: traced.node_of[b] for b in blocks.values() if b is not None}}
-    return Instrumented(_tap(gm, taps), taps, type(model).__name__), blocks
+    with compiling():
+        return Instrumented(_tap(gm, taps), taps, type(model).__name__), blocks
 
 
 class Compiler:
@@ -152,12 +158,22 @@ class Compiler:
         self.leaf_modules = tuple(leaf_modules)
         self.graphs: dict[tuple, Any] = {}
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """An eval-mode copy of the model sharing its parameters (:func:`fxcam.trace.eval_copy`), built once:
+        for the Python parts of driver methods that call model modules directly (LeGrad's head)."""
+        with compiling():
+            if ("eval",) not in self.graphs:
+                self.graphs[("eval",)] = eval_copy(self.model)
+            return self.graphs[("eval",)]
+
     def at(self, layers: Iterable[Layer], trace_into: Sequence[type] = ()) -> Instrumented:
         """The model compiled with taps at ``layers`` (``trace_into``: default leaf types to trace through)."""
         key = ("at", tuple(layers), tuple(trace_into))
-        if key not in self.graphs:
-            self.graphs[key] = instrument(self.model, list(key[1]), leaf_modules=self.leaf_modules, trace_into=key[2])
-        return self.graphs[key]
+        with compiling():
+            if key not in self.graphs:
+                self.graphs[key] = instrument(self.model, list(key[1]), leaf_modules=self.leaf_modules, trace_into=key[2])
+            return self.graphs[key]
 
     def bias(self) -> tuple[Instrumented, list[BiasLayer]]:
         """FullGrad's graph: every biased convolution and BatchNorm tapped.
@@ -165,9 +181,10 @@ class Compiler:
         torchvision's default leaf modules that hide bias layers (``Conv2dNormActivation``,
         ``SqueezeExcitation`` in EfficientNet/MobileNet) are traced into; bias layers inside the
         user's or timm's leaf modules stay hidden (a warning counts them)."""
-        if ("bias",) not in self.graphs:
-            self.graphs[("bias",)] = self._bias()
-        return self.graphs[("bias",)]
+        with compiling():
+            if ("bias",) not in self.graphs:
+                self.graphs[("bias",)] = self._bias()
+            return self.graphs[("bias",)]
 
     def _bias(self) -> tuple[Instrumented, list[BiasLayer]]:
         leaves = self.leaf_modules
@@ -197,9 +214,10 @@ class Compiler:
 
     def attention(self) -> tuple[Instrumented, dict[str, str | None]]:
         """The model with explicit attention, its probabilities tapped (see :func:`instrument_attention`)."""
-        if ("attention",) not in self.graphs:
-            self.graphs[("attention",)] = instrument_attention(self.model, leaf_modules=self.leaf_modules)
-        return self.graphs[("attention",)]
+        with compiling():
+            if ("attention",) not in self.graphs:
+                self.graphs[("attention",)] = instrument_attention(self.model, leaf_modules=self.leaf_modules)
+            return self.graphs[("attention",)]
 
 
 __all__ = ["Instrumented", "instrument", "instrument_attention", "Compiler"]

@@ -16,6 +16,8 @@ two cannot drift apart.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +121,13 @@ def to_maps(recipe: Recipe, contrib: dict[str, Tensor], size: Sequence[int]) -> 
     per_layer = {}
     for k in recipe.layers:
         c = contrib[k]
+        if c.ndim > 2 and math.prod(c.shape[2:]) == 1:
+            warnings.warn(
+                f"Layer '{k}' gives a 1x1 map at this input size (contributions {tuple(c.shape)}): a map over one "
+                f"position is constant, so its normalized map is all zero. Explain an earlier layer with a spatial "
+                f"map (fxcam.layer_shapes(model, size) lists each layer's output shape).",
+                stacklevel=5,  # the caller of Explainer.__call__
+            )
         if method.project or recipe.eigen_smooth:
             cam = ops.first_principal_component(c, sign=recipe.eigen_sign)
         else:

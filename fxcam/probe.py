@@ -242,7 +242,7 @@ class Probe:
             probs={a: taps[a] for a in blocks},
             tokens={a: taps[b] for a, b in blocks.items() if b is not None},
             blocks=dict(blocks),
-            head=token_head(model),
+            head=token_head(self.compiler.eval_model),  # eval semantics (head dropout off) in any mode
             prefix_tokens=prefix,
             to_map=to_map,
             batch=self.x.shape[0],

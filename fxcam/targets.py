@@ -9,6 +9,7 @@ work unchanged.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ class ClassifierOutput:
         self.category = int(category)
 
     def __call__(self, output: Tensor) -> Tensor:
-        return output[..., self.category]
+        return output[..., _check_index(self.category, output.shape[-1])]
 
     def __repr__(self) -> str:
         return f"ClassifierOutput({self.category})"
@@ -41,7 +42,7 @@ class SoftmaxOutput:
         self.category = int(category)
 
     def __call__(self, output: Tensor) -> Tensor:
-        return torch.softmax(output, dim=-1)[..., self.category]
+        return torch.softmax(output, dim=-1)[..., _check_index(self.category, output.shape[-1])]
 
     def __repr__(self) -> str:
         return f"SoftmaxOutput({self.category})"
@@ -67,6 +68,16 @@ class Similarity:
     def __call__(self, output: Tensor) -> Tensor:
         ref = self.reference.to(output.device, output.dtype)
         return torch.nn.functional.cosine_similarity(output.flatten(), ref.flatten(), dim=0)
+
+
+def _is_index(t: Any) -> bool:
+    """An integer class index: ``int`` or a numpy integer scalar (``numbers.Integral``), not a bool."""
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool) and type(t).__name__ != "bool_"
+
+
+def _is_array(t: Any) -> bool:
+    """A numpy array (or another array-like with ``__array__``) that is not a tensor, list or scalar."""
+    return hasattr(t, "__array__") and hasattr(t, "shape") and not isinstance(t, Tensor) and getattr(t, "ndim", 0) > 0
 
 
 def _check_index(i: int, num_classes: int) -> int:
@@ -98,10 +109,15 @@ def resolve(targets: Targets, output: Any) -> tuple[Tensor, Tensor | None]:
     k = logits.shape[1]
     if targets is None:
         return resolve_indices(None, output)
-    if isinstance(targets, bool):
-        raise FxcamError(f"targets={targets!r} is not a class index; pass an int, a list, or None.")
-    elif isinstance(targets, int):
-        idx = torch.full((n,), _check_index(targets, k), device=output.device, dtype=torch.long)
+    if _is_array(targets):  # a numpy array of class indices
+        targets = torch.as_tensor(targets)
+    if isinstance(targets, (bool, str, bytes)):
+        raise FxcamError(
+            f"targets={targets!r} is not a class index: pass an int (one class for all images), a list of ints or "
+            f"callables (one per image), an int tensor (N,), a callable, or None (each image's top-1 class)."
+        )
+    elif _is_index(targets):
+        idx = torch.full((n,), _check_index(int(targets), k), device=output.device, dtype=torch.long)
     elif isinstance(targets, Tensor):
         if targets.dtype.is_floating_point or targets.numel() != n:
             raise FxcamError(f"targets tensor must hold {n} integer class indices (one per image); got {targets!r}.")
@@ -116,13 +132,13 @@ def resolve(targets: Targets, output: Any) -> tuple[Tensor, Tensor | None]:
             raise FxcamError(
                 f"Got {len(targets)} targets for a batch of {n} images; pass one per image, one int for all, or None."
             )
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in targets):
-            idx = torch.tensor([_check_index(t, k) for t in targets], device=output.device)
+        if all(_is_index(t) for t in targets):
+            idx = torch.tensor([_check_index(int(t), k) for t in targets], device=output.device)
         else:
             picked = []
             for t, row in zip(targets, output):
-                if isinstance(t, int) and not isinstance(t, bool):
-                    picked.append(row.reshape(-1)[_check_index(t, k)])
+                if _is_index(t):
+                    picked.append(row.reshape(-1)[_check_index(int(t), k)])
                 elif callable(t):
                     picked.append(t(row).reshape(()))
                 else:
@@ -158,13 +174,15 @@ def rows(targets: Targets, index: Tensor) -> Targets:
     ``targets``: per-image class indices ``(N,)``, a per-image list, or one callable for all."""
     if isinstance(targets, Tensor):
         return targets[index.to(targets.device)]
-    if callable(targets) or targets is None or isinstance(targets, int):
+    if callable(targets) or targets is None or _is_index(targets):
         return targets
     return [targets[i] for i in index.tolist()]
 
 
 def repeat(targets: Targets, times: int) -> Targets:
     """The targets for ``times`` stacked copies of the batch (augmentations, noise samples)."""
+    if _is_array(targets):
+        targets = torch.as_tensor(targets)
     if isinstance(targets, Tensor):
         return targets.repeat(times)
     if isinstance(targets, Sequence) and not isinstance(targets, str):

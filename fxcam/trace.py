@@ -27,6 +27,7 @@ import torchvision
 from torch import nn
 from torchvision.models.feature_extraction import NodePathTracer
 
+from .compiling import compiling
 from .errors import FxcamTypeError, LayerNotFoundError, TraceError, closest
 
 NAME = "fxcam_name"  # node.meta key holding the qualified, user-facing name
@@ -133,15 +134,30 @@ def _trace_error(model: nn.Module, tracer: _Tracer, exc: Exception) -> TraceErro
     )
 
 
-def _root_copy(model: nn.Module) -> nn.Module:
-    """A shallow copy of the model's top-level module to trace: torch.fx stores every tensor constant
-    of the forward as an attribute ``_tensor_constantN`` of the traced root, which must not be the
-    user's model. Submodules, parameters and buffers are shared (the same objects), not copied."""
-    root = copy.copy(model)
-    root.__dict__ = dict(model.__dict__)
-    for registry in ("_parameters", "_buffers", "_modules"):  # registering on the copy must not reach the model
-        root.__dict__[registry] = dict(model.__dict__[registry])
-    return root
+def eval_copy(model: nn.Module) -> nn.Module:
+    """The model's module tree with every module copied and in eval mode; parameters and buffers shared.
+
+    Each module is a shallow copy (``copy.copy``) whose registries (parameters, buffers,
+    submodules, hooks: every dict and set in its ``__dict__``) are copies of the original's,
+    with ``training=False``. Tensors are the model's own, so the copy sees later weight updates;
+    nothing done to the copy reaches the model: setting a flag, registering a tensor (torch.fx
+    stores a forward's tensor constants as ``_tensor_constantN`` attributes of the traced root)
+    or running BatchNorm in eval mode, which reads the running statistics and never updates
+    them. A module shared by several parents stays shared in the copy.
+    """
+    memo: dict[int, nn.Module] = {}
+
+    def copy_module(m: nn.Module) -> nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        c = copy.copy(m)
+        memo[id(m)] = c
+        c.__dict__ = {k: copy.copy(v) if isinstance(v, (dict, set)) else v for k, v in m.__dict__.items()}
+        c.__dict__["_modules"] = {k: None if v is None else copy_module(v) for k, v in m._modules.items()}
+        c.__dict__["training"] = False
+        return c
+
+    return copy_module(model)
 
 
 def trace(
@@ -153,9 +169,12 @@ def trace(
 ) -> Traced:
     """Trace ``model`` with torch.fx and name every node as torchvision's feature extraction does.
 
-    ``model`` is not modified: the tracer only reads it, and the GraphModule built from it
-    references (does not copy) its parameters. The trace follows the model's current
-    ``training`` flag (e.g. inception_v3's auxiliary branch exists only in training mode).
+    ``model`` is not modified: the tracer reads an eval-mode copy of its module tree
+    (:func:`eval_copy`), and the GraphModule built from it references (does not copy) its
+    parameters and buffers. So the graph always computes what the model computes in eval mode,
+    whatever the model's ``training`` flag: BatchNorm uses (and never updates) its running
+    statistics, dropout is off, training-only branches (inception_v3's auxiliary head) are not
+    traced.
     ``trace_into``: module types of the default leaf policy to trace through anyway (e.g.
     torchvision's ``Conv2dNormActivation``, to reach the BatchNorm inside it).
     """
@@ -171,13 +190,14 @@ def trace(
         autowrap_modules=(math, torchvision.ops),
         autowrap_functions=tuple({*timm_fns, *autowrap_functions}),
     )
-    try:
-        graph = tracer.trace(_root_copy(model))
-    except TraceError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - re-raised with context
-        raise _trace_error(model, tracer, exc) from exc
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    with compiling():
+        try:
+            graph = tracer.trace(eval_copy(model))
+        except TraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise _trace_error(model, tracer, exc) from exc
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
 
     node_of: dict[str, str] = {}
     order: dict[str, int] = {}
@@ -239,11 +259,23 @@ def _name_of_module(model: nn.Module, module: nn.Module) -> str:
     )
 
 
+def layer_list(layers: Layer | Iterable[Layer]) -> list[Layer]:
+    """``layers`` as a list of names and modules; a clear error for anything else (checked before tracing)."""
+    if isinstance(layers, (str, nn.Module)):
+        return [layers]
+    if isinstance(layers, Iterable) and not isinstance(layers, (bytes, dict)):
+        layers = list(layers)
+        if all(isinstance(layer, (str, nn.Module)) for layer in layers):
+            return layers
+    raise FxcamTypeError(
+        f"layers={layers!r} is not a layer: pass a layer name (str, e.g. 'layer4'), a submodule of the model "
+        f"(e.g. model.layer4), or a list of them. fxcam.list_layers(model) prints every valid name."
+    )
+
+
 def resolve_layers(model: nn.Module, traced: Traced, layers: Layer | Iterable[Layer]) -> dict[str, str]:
     """Map each requested layer to its fx node: ``{user-facing name: node name}``, in the order asked."""
-    if isinstance(layers, (str, nn.Module)):
-        layers = [layers]
-    layers = list(layers)
+    layers = layer_list(layers)
     if not layers:
         raise LayerNotFoundError("No layer was given. Pass a name from fxcam.list_layers(model), e.g. 'layer4'.")
     resolved: dict[str, str] = {}

@@ -211,10 +211,19 @@ def test_no_hooks_in_the_package():
     assert offenders == []
 
 
-def test_training_mode_warns(resnet18, images):
+def test_training_mode_explains_the_eval_model_and_touches_nothing(resnet18, images, untouched):
+    """A model in train() mode (a CAM logged from a training loop): the maps are the eval-mode maps, exactly,
+    BatchNorm's running statistics and every flag stay as they were, and repeated calls agree (no dropout)."""
     model = copy.deepcopy(resnet18).train()
-    with pytest.warns(UserWarning, match="training mode"):
-        fxcam.Explainer(model, "layer4")(images)
+    model.fc = nn.Sequential(nn.Dropout(0.5), model.fc)
+    reference = copy.deepcopy(model).eval()
+    with untouched(model):
+        for method in ("gradcam", "ablationcam", "fullgrad"):
+            explainer = fxcam.Explainer(model, "layer4", method)
+            first, second = explainer(images, [1, 2]), explainer(images, [1, 2])
+            assert torch.equal(first, second)
+            assert torch.allclose(first, fxcam.Explainer(reference, "layer4", method)(images, [1, 2]), atol=1e-6)
+    assert model.training and model.fc[0].training
 
 
 # --- errors ------------------------------------------------------------------------------------

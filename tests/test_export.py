@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -281,13 +282,26 @@ def test_bad_arguments_raise(resnet18, tmp_path):
         fxcam.export(static, x, tmp_path / "m.pt2")
     with pytest.raises(FxcamError, match=r"traced for inputs \(N, 3, 64, 64\)"):
         fxcam.export(static, torch.zeros(1, 3, 32, 32), tmp_path / "m.pt2", dynamic_batch=False)
+    model = _small_vit().train()  # a raw module in training mode would bake in dropout: refused
+    with pytest.raises(FxcamError, match="training mode.*model.eval"):
+        fxcam.export(model, _batches(32)[0], tmp_path / "v.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_in_training_mode_exports_its_eval_mode_graphs(tmp_path, untouched):
+    """fxcam compiles an eval-mode copy of the model: its graphs compute the eval-mode maps and activations,
+    whatever the model's flag, and exporting them neither refuses nor changes the model."""
     model = _small_vit().train()
     layer = fxcam.default_layer(model, (32, 32))
-    with pytest.raises(FxcamError, match="training mode.*model.eval"):
-        fxcam.Explainer(model, layer).to_graph(_batches(32)[0])
-    with pytest.raises(FxcamError, match="training mode.*model.eval"):
-        fxcam.export(fxcam.instrument(model, layer), _batches(32)[0], tmp_path / "v.pt2")
-    assert list(tmp_path.iterdir()) == []
+    x = _batches(32)[1]
+    reference = copy.deepcopy(model).eval()
+    with untouched(model):
+        _, cams = fxcam.Explainer(model, layer).to_graph(x[:1])(x)
+        path = fxcam.export(fxcam.instrument(model, layer), x[:1], tmp_path / "v.pt2")
+        logits, _ = torch.export.load(path).module()(x)
+    torch.testing.assert_close(cams, fxcam.Explainer(reference, layer)(x), **MAP_TOL)
+    torch.testing.assert_close(logits, reference(x).detach(), **ACT_TOL)
+    assert model.training
 
 
 def test_failed_export_leaves_no_file(vit, tmp_path, monkeypatch):
