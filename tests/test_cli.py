@@ -159,6 +159,7 @@ ERRORS = {
     "non-image file": (["explain", "{d}/notes.txt", "--model", "demo:cnn"], ["notes.txt", "not a format PIL"]),
     "corrupt image": (["explain", "{d}/fake.png", "--model", "demo:cnn"], ["fake.png"]),
     "folder without images": (["explain", "{d}/empty", "--model", "demo:cnn"], ["holds no image files"]),
+    "image name too long": (["explain", "{d}/" + "x" * 300 + ".png", "--model", "demo:cnn"], ["Cannot read", "name too long"]),
     "spec without kind": (["explain", "{img}", "--model", "resnet18"], ["torchvision:resnet18"]),
     "unknown torchvision model": (["explain", "{img}", "--model", "torchvision:resnet51"], ["resnet50"]),
     "unknown demo model": (["explain", "{img}", "--model", "demo:rnn"], ["demo:cnn"]),
@@ -467,6 +468,70 @@ def test_deep_image_out_of_range_is_one_clear_line(case, tmp_path, capsys):
     rc, _, err = run(capsys, "explain", tmp_path / name, "--model", "demo:cnn", "--out", tmp_path / "out")
     assert_one_line_error(rc, err, *needles)
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+# --------------------------------------------------------------------------- where --out can go
+OUT_COMMANDS = {
+    "explain": ["explain", "{img}", "--model", "demo:cnn", "--out", "{out}"],
+    "demo": ["demo", "--n", "6", "--methods", "gradcam", "--out", "{out}"],
+    "export": ["export", "demo:cnn", "--out", "{out}"],
+}
+
+
+@pytest.mark.parametrize("command", list(OUT_COMMANDS))
+def test_out_under_a_file_is_one_clear_line(command, tmp_path, scenes, capsys):
+    (tmp_path / "somefile.txt").write_text("a file, not a folder")
+    out = tmp_path / "somefile.txt" / ("model.pt2" if command == "export" else "sub")
+    argv = [a.format(img=scenes[0][0], out=out) for a in OUT_COMMANDS[command]]
+    rc, _, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, str(tmp_path / "somefile.txt"), "is a file, not a folder", "--out")
+    assert "FileExistsError" not in err and "NotADirectoryError" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["somefile.txt"]
+    assert (tmp_path / "somefile.txt").read_text() == "a file, not a folder"
+
+
+def test_out_with_a_long_name(tmp_path, scenes, capsys):
+    """A 250-character --out name works (the temporary folder's name is shortened); 300 is one line."""
+    fine = tmp_path / ("o" * 250)
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", fine, "-q")
+    assert rc == 0, err
+    assert (fine / "manifest.json").is_file()
+    too_long = tmp_path / ("o" * 300)
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", too_long)
+    assert_one_line_error(rc, err, "cannot be used", "name too long", "choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fine.name]
+
+
+def test_out_in_an_unwritable_folder_fails_before_any_work(monkeypatch, tmp_path, scenes, capsys):
+    """os.access says no (as it does for a read-only folder when not root): one line, no model loaded."""
+    import fxcam.cli.explain
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(fxcam.cli.explain, "load_model", no_work)
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", locked / "new" / "out")
+    assert_one_line_error(rc, err, str(locked), "not writable", "--out")
+    assert list(locked.iterdir()) == []
+
+
+def test_out_in_a_read_only_folder(tmp_path, scenes, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("permissions are not enforced for this user (root)")
+        rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", locked / "out")
+        assert_one_line_error(rc, err, str(locked), "not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
 
 
 # --------------------------------------------------------------------------- export, processes

@@ -140,23 +140,29 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
     """Files as given and the image files inside folders (sorted by name, not recursive)."""
     found: list[Path] = []
     for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not inside:
-                raise CLIError(
-                    f"Folder '{raw}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
-                    f"pass image files or a folder that contains some."
-                )
-            found.extend(inside)
-        elif path.is_file():
-            found.append(path)
-        elif path.exists():
-            raise CLIError(f"'{raw}' is neither a file nor a folder; pass image files or folders of images.")
-        else:
-            raise CLIError(f"Image '{raw}' does not exist (working directory: {os.getcwd()}); check the path.")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+        try:
+            found.extend(_images_at(raw))
+        except OSError as exc:  # a name too long, a loop of links, a folder not readable
+            raise CLIError(f"Cannot read '{raw}': {exc.strerror or exc}; check the path.") from None
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _images_at(raw: str) -> list[Path]:
+    """``[raw]`` if it is a file, the image files in it if it is a folder."""
+    path = Path(raw)
+    if path.is_dir():
+        inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inside:
+            raise CLIError(
+                f"Folder '{raw}' holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                f"pass image files or a folder that contains some."
+            )
+        return inside
+    if path.is_file():
+        return [path]
+    if path.exists():
+        raise CLIError(f"'{raw}' is neither a file nor a folder; pass image files or folders of images.")
+    raise CLIError(f"Image '{raw}' does not exist (working directory: {os.getcwd()}); check the path.")
 
 
 def check_image(path: Path) -> tuple[int, int]:
