@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -271,6 +273,23 @@ def test_interrupted_run_leaves_nothing(monkeypatch, tmp_path, scenes, capsys):
     rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", out)
     assert rc == 130 and "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # not even the parent folder it created
+
+
+def test_sigterm_exits_143_and_restores_the_handler(monkeypatch, tmp_path, scenes, capsys):
+    import fxcam.viz
+
+    def terminate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(fxcam.viz, "overlay", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", out)
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert_one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_debug_shows_the_traceback(tmp_path, scenes, monkeypatch):
@@ -592,3 +611,39 @@ def test_console_script():
     proc = subprocess.run([str(script), "methods"], capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 0 and "gradcam" in proc.stdout
 
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_midway_exits_128_plus_signal_and_leaves_the_old_output(signum, status, tmp_path):
+    """A real process, stopped while it writes: exit 128 + the signal, one line, the old --out intact."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)).save(images / "a000.png")
+    for i in range(1, 400):  # hard links: distinct inputs, no time spent encoding them
+        os.link(images / "a000.png", images / f"a{i:03d}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the previous result")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fxcam", "explain", str(images), "--model", "demo:cnn", "--out", str(out),
+         "--overwrite", "--batch-size", "1", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.tmp-*/*_cam.npy")):  # it has started writing
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("fxcam: error: "), stderr
+    assert ("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted") in stderr
+    assert leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "the previous result"

@@ -1,7 +1,9 @@
 """Output written atomically: checks of ``--out``, and :func:`atomic_dir`.
 
 Results go to a hidden temporary folder beside the destination and are renamed into place
-only when complete; a failure, Ctrl-C or SIGTERM removes them again.
+only when complete; a failure, Ctrl-C or SIGTERM removes them again. SIGTERM raises
+:class:`Terminated` (a ``KeyboardInterrupt``) inside :func:`sigterm_unwinds`, which
+``fxcam.cli.main`` turns into exit status 143.
 """
 
 from __future__ import annotations
@@ -75,18 +77,26 @@ def check_creatable(out: Path, what: str = "--out") -> None:
         )
 
 
-class _Terminated(BaseException):
-    """SIGTERM during a run: unwinds like KeyboardInterrupt so the temporary output is removed."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a run: unwinds like Ctrl-C (so the temporary output is removed), and the
+    command exits with 143 (128 + SIGTERM) where Ctrl-C exits with 130."""
 
 
 @contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (once: a second SIGTERM during the
+    unwinding is ignored, so the clean-up finishes). Only in the main thread, where Python
+    runs signal handlers; elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    raised = False
 
     def handler(signum, frame):
-        raise _Terminated()
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated("terminated")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -123,7 +133,7 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the result's mode
     try:
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             yield tmp
             check_out(out, overwrite)  # it may have appeared meanwhile
             if out.exists():
@@ -133,11 +143,9 @@ def atomic_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, out)
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_created(created)
-        if isinstance(exc, _Terminated):
-            raise KeyboardInterrupt("terminated") from None
         raise
 
 
