@@ -150,6 +150,7 @@ def test_explain_file_factory_spec(tmp_path, capsys, scenes):
 def bad_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "empty").mkdir()
     (tmp_path / "exists").mkdir()
     (tmp_path / "tiny.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(2, 2)\n")
@@ -161,7 +162,10 @@ ERRORS = {
     "non-image file": (["explain", "{d}/notes.txt", "--model", "demo:cnn"], ["notes.txt", "not a format PIL"]),
     "corrupt image": (["explain", "{d}/fake.png", "--model", "demo:cnn"], ["fake.png"]),
     "folder without images": (["explain", "{d}/empty", "--model", "demo:cnn"], ["holds no image files"]),
-    "image name too long": (["explain", "{d}/" + "x" * 300 + ".png", "--model", "demo:cnn"], ["Cannot read", "name too long"]),
+    "empty image file": (["explain", "{d}/empty.png", "--model", "demo:cnn"], ["empty.png", "empty file"]),
+    "image name too long": (
+        ["explain", "{d}/" + "x" * 300 + ".png", "--model", "demo:cnn"], ["Cannot read", "name too long"]
+    ),
     "spec without kind": (["explain", "{img}", "--model", "resnet18"], ["torchvision:resnet18"]),
     "unknown torchvision model": (["explain", "{img}", "--model", "torchvision:resnet51"], ["resnet50"]),
     "unknown demo model": (["explain", "{img}", "--model", "demo:rnn"], ["demo:cnn"]),

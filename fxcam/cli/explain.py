@@ -164,7 +164,8 @@ def _explain_files(job: _Job, paths: list[Path], stems: list[str], targets: list
         cam = cam_to_image(exp.cams[j], pil.size, prepared[j][1])
         files = {"overlay": f"{stem}_overlay.png", "cam": f"{stem}_cam.npy"}
         np.save(job.tmp / files["cam"], cam.astype(np.float32))
-        viz.overlay(display_image(pil), cam, colormap=job.args.colormap, alpha=job.args.alpha).save(job.tmp / files["overlay"])
+        overlay = viz.overlay(display_image(pil), cam, colormap=job.args.colormap, alpha=job.args.alpha)
+        overlay.save(job.tmp / files["overlay"])
         explained = int(exp.class_idx[j]) if exp.class_idx is not None else None
         records.append(
             {

@@ -21,9 +21,10 @@ channel; :func:`read_image` returns those as a mode ``F`` image with values in [
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,34 +168,55 @@ def _images_at(raw: str) -> list[Path]:
 
 def check_image(path: Path) -> tuple[int, int]:
     """Read only the header: ``(W, H)``, or a one-line error for a file PIL cannot read."""
-    try:
+    if path.stat().st_size == 0:
+        raise CLIError(f"Image '{path}' is an empty file (0 bytes); pass image files.")
+    with _decoding(path, "read"):
         with Image.open(path) as img:
             return img.size
-    except UnidentifiedImageError:
-        raise CLIError(
-            f"Cannot read '{path}' as an image: it is not a format PIL recognizes. "
-            f"Pass image files (e.g. {', '.join(IMAGE_SUFFIXES[:4])})."
-        ) from None
-    except OSError as exc:
-        raise CLIError(f"Cannot read image '{path}': {exc}.") from None
 
 
 def read_image(path: Path) -> Image.Image:
     """The whole image, decoded, EXIF orientation applied: RGB for 8-bit images, a grey mode
     ``F`` image with values in [0, 1] for deeper ones (see the module's docstring)."""
-    try:
+    with _decoding(path, "decode"):
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             img.load()
-            if img.mode in DEEP_MODES:
-                return _unit_float(img, path)
-            return img.convert("RGB")
+    if img.mode in DEEP_MODES:
+        return _unit_float(img, path)
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:  # a mode PIL cannot convert
+        raise CLIError(
+            f"Cannot convert image '{path}' (mode {img.mode}) to RGB: {exc}; save it as RGB or grey."
+        ) from None
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, what: str) -> Iterator[None]:
+    """PIL's exceptions while opening or decoding ``path`` -> one-line CLIErrors.
+
+    PIL's decoders raise OSError, SyntaxError and ValueError for truncated or corrupt data,
+    but a damaged file can raise others (struct.error, IndexError, ...): all are the file's fault."""
+    try:
+        yield
     except UnidentifiedImageError:
-        raise CLIError(f"Cannot read '{path}' as an image: it is not a format PIL recognizes.") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
-        if isinstance(exc, CLIError):
-            raise
-        raise CLIError(f"Cannot decode image '{path}': {exc}. Is the file complete?") from None
+        raise CLIError(
+            f"Cannot read '{path}' as an image: it is not a format PIL recognizes. "
+            f"Pass image files (e.g. {', '.join(IMAGE_SUFFIXES[:4])})."
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise CLIError(f"Cannot read image '{path}': {exc} Pass a smaller image.") from None
+    except MemoryError:  # a header that claims more pixels than the data holds, or a huge image
+        raise CLIError(
+            f"Cannot {what} image '{path}': not enough memory for the size its header gives; "
+            f"is the file damaged, or too large for this machine?"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
+        reason = str(exc) if isinstance(exc, (OSError, ValueError, SyntaxError)) else f"{type(exc).__name__}: {exc}"
+        if what == "read":
+            raise CLIError(f"Cannot read image '{path}': {reason}.") from None
+        raise CLIError(f"Cannot decode image '{path}': {reason}. Is the file complete?") from None
 
 
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -224,7 +246,7 @@ def _unit_float(img: Image.Image, path: Path) -> Image.Image:
                 f"images deeper than 8 bits as 16-bit (0..65535). Save it as 16-bit, or as float in [0, 1]."
             )
         unit = (values.astype(np.float64) / 65535).astype(np.float32)
-    return Image.fromarray(unit, mode="F")
+    return Image.fromarray(unit)  # float32 (H, W): mode F
 
 
 def display_image(image: Image.Image) -> Image.Image:
@@ -232,7 +254,7 @@ def display_image(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     grey = np.round(np.asarray(image, dtype=np.float32) * 255).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")
+    return Image.fromarray(grey).convert("RGB")  # uint8 (H, W): mode L
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
