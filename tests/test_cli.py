@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -148,6 +150,7 @@ def test_explain_file_factory_spec(tmp_path, capsys, scenes):
 def bad_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "empty").mkdir()
     (tmp_path / "exists").mkdir()
     (tmp_path / "tiny.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(2, 2)\n")
@@ -159,6 +162,10 @@ ERRORS = {
     "non-image file": (["explain", "{d}/notes.txt", "--model", "demo:cnn"], ["notes.txt", "not a format PIL"]),
     "corrupt image": (["explain", "{d}/fake.png", "--model", "demo:cnn"], ["fake.png"]),
     "folder without images": (["explain", "{d}/empty", "--model", "demo:cnn"], ["holds no image files"]),
+    "empty image file": (["explain", "{d}/empty.png", "--model", "demo:cnn"], ["empty.png", "empty file"]),
+    "image name too long": (
+        ["explain", "{d}/" + "x" * 300 + ".png", "--model", "demo:cnn"], ["Cannot read", "name too long"]
+    ),
     "spec without kind": (["explain", "{img}", "--model", "resnet18"], ["torchvision:resnet18"]),
     "unknown torchvision model": (["explain", "{img}", "--model", "torchvision:resnet51"], ["resnet50"]),
     "unknown demo model": (["explain", "{img}", "--model", "demo:rnn"], ["demo:cnn"]),
@@ -272,6 +279,23 @@ def test_interrupted_run_leaves_nothing(monkeypatch, tmp_path, scenes, capsys):
     assert list(tmp_path.iterdir()) == []  # not even the parent folder it created
 
 
+def test_sigterm_exits_143_and_restores_the_handler(monkeypatch, tmp_path, scenes, capsys):
+    import fxcam.viz
+
+    def terminate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(fxcam.viz, "overlay", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", out)
+    assert rc == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert_one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_debug_shows_the_traceback(tmp_path, scenes, monkeypatch):
     monkeypatch.setenv("FXCAM_DEBUG", "1")
     with pytest.raises(Exception, match="does not exist"):
@@ -358,6 +382,181 @@ def test_cam_to_image_fills_the_crop_box_only():
     assert cropped[:, 5:35].min() == pytest.approx(1) and cropped[:, :5].max() == 0 and cropped[:, 35:].max() == 0
 
 
+# --------------------------------------------------------------------------- image depths and modes
+def _ramp16(h: int = 40, w: int = 130) -> np.ndarray:
+    """A 0..65535 grey ramp (left to right, plus a little top to bottom), uint16."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.round((0.8 * xx / (w - 1) + 0.2 * yy / (h - 1)) * 65535).astype(np.uint16)
+
+
+def _save_deep(folder: Path, kind: str, ramp: np.ndarray) -> Path:
+    """``ramp`` saved as a grey image deeper than 8 bits, in the file format and PIL mode ``kind``."""
+    h, w = ramp.shape
+    if kind == "I;16 png":
+        img, name = Image.fromarray(ramp), "ramp16.png"
+    elif kind == "I;16B tiff":
+        img, name = Image.frombytes("I;16B", (w, h), ramp.astype(">u2").tobytes()), "ramp16b.tif"
+    elif kind == "I tiff":
+        img, name = Image.fromarray(ramp.astype(np.int32)), "ramp32.tif"
+    elif kind == "I pgm":
+        img, name = Image.fromarray(ramp), "ramp16.pgm"
+    elif kind == "F tiff":
+        img, name = Image.fromarray((ramp / 65535).astype(np.float32)), "rampf.tif"
+    else:
+        raise AssertionError(kind)
+    img.save(folder / name)
+    with Image.open(folder / name) as check:  # the mode PIL reads back is the one under test
+        assert check.mode == kind.split()[0]
+    return folder / name
+
+
+DEEP_KINDS = ["I;16 png", "I;16B tiff", "I tiff", "I pgm", "F tiff"]
+
+
+@pytest.mark.parametrize("kind", DEEP_KINDS)
+@pytest.mark.parametrize("pre", [Preprocess((96, 96), None, None, None), Preprocess((64, 64), 72, None, None)],
+                         ids=["resize", "crop"])
+def test_deep_grey_image_reads_like_its_8bit_equivalent(kind, pre, tmp_path):
+    """16-bit and float grey images are scaled by their range, not clipped by convert('RGB').
+
+    The values read are exact (value / 65535); preprocessed, the image matches its 8-bit
+    equivalent (a ramp of multiples of 257, so that one exists) within 1/255, the rounding
+    of PIL's two 8-bit resize passes."""
+    from fxcam.cli.images import read_image
+
+    full = _save_deep(tmp_path, kind, _ramp16())
+    read = read_image(full)
+    assert read.mode == "F" and read.size == (130, 40)
+    np.testing.assert_allclose(np.asarray(read), _ramp16() / 65535, rtol=0, atol=1e-7)
+
+    ramp8 = np.round(_ramp16() / 257).astype(np.uint8)
+    deep = _save_deep(tmp_path, kind, ramp8.astype(np.uint16) * 257)
+    Image.fromarray(ramp8).save(tmp_path / "ramp8.png")  # mode L
+    x_deep, box_deep = pre(read_image(deep))
+    x_8bit, box_8bit = pre(read_image(tmp_path / "ramp8.png"))
+    assert x_deep.dtype == torch.float32 and x_deep.shape == x_8bit.shape == (3, *pre.size)
+    assert box_deep == box_8bit
+    assert (x_deep - x_8bit).abs().max() <= 1 / 255
+    assert 0 <= x_deep.min() and x_deep.max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "RGB"])
+def test_8bit_modes_read_as_before(mode, tmp_path):
+    """8-bit images are converted exactly as they always were: convert('RGB'), bit for bit."""
+    from fxcam.cli.images import read_image
+
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (23, 31, 4), dtype=np.uint8), "RGBA")
+    img = img.convert(mode) if mode in ("RGBA", "LA") else img.convert("RGB").convert(mode)
+    path = tmp_path / ("img.jpg" if mode == "CMYK" else "img.png")
+    img.save(path)
+    got = read_image(path)
+    with Image.open(path) as ref:
+        expected = ref.convert("RGB")
+    assert got.mode == "RGB" and got.tobytes() == expected.tobytes()
+    pre = Preprocess((16, 16))
+    torch.testing.assert_close(pre(got)[0], pre(expected)[0], rtol=0, atol=0)
+
+
+def test_explain_16bit_png_end_to_end(tmp_path, capsys):
+    """The overlay of a 16-bit ramp shows the ramp (not a white image), like the 8-bit equivalent's."""
+    ramp = _ramp16()
+    deep = _save_deep(tmp_path, "I;16 png", ramp)
+    Image.fromarray(np.round(ramp / 257).astype(np.uint8)).save(tmp_path / "ramp8.png")
+    out = tmp_path / "out"
+    rc, _, err = run(capsys, "explain", deep, tmp_path / "ramp8.png", "--model", "demo:cnn", "--alpha", 0,
+                     "--out", out, "-q")
+    assert rc == 0 and err == "", err
+    with Image.open(out / "ramp16_overlay.png") as a, Image.open(out / "ramp8_overlay.png") as b:
+        shown, expected = np.asarray(a).astype(int), np.asarray(b).astype(int)
+    assert shown.shape == expected.shape == (40, 130, 3)
+    assert np.abs(shown - expected).max() <= 1
+    cam = np.load(out / "ramp16_cam.npy")
+    assert cam.shape == (40, 130) and np.isfinite(cam).all() and 0 <= cam.min() and cam.max() <= 1
+
+
+BAD_DEPTHS = {
+    "float above 1": (np.float32, lambda r: r / 257.0, ["rampf.tif", "[0, 255]", "[0, 1]"]),
+    "float NaN": (np.float32, lambda r: np.where(r > 60000, np.nan, r / 65535), ["rampf.tif", "NaN"]),
+    "int negative": (np.int32, lambda r: r.astype(np.int64) - 1000, ["rampi.tif", "-1000", "0..65535"]),
+    "int above 16 bits": (np.int32, lambda r: r.astype(np.int64) * 4, ["rampi.tif", "262140", "0..65535"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DEPTHS))
+def test_deep_image_out_of_range_is_one_clear_line(case, tmp_path, capsys):
+    dtype, values, needles = BAD_DEPTHS[case]
+    name = "rampf.tif" if dtype == np.float32 else "rampi.tif"
+    Image.fromarray(values(_ramp16()).astype(dtype)).save(tmp_path / name)
+    rc, _, err = run(capsys, "explain", tmp_path / name, "--model", "demo:cnn", "--out", tmp_path / "out")
+    assert_one_line_error(rc, err, *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+# --------------------------------------------------------------------------- where --out can go
+OUT_COMMANDS = {
+    "explain": ["explain", "{img}", "--model", "demo:cnn", "--out", "{out}"],
+    "demo": ["demo", "--n", "6", "--methods", "gradcam", "--out", "{out}"],
+    "export": ["export", "demo:cnn", "--out", "{out}"],
+}
+
+
+@pytest.mark.parametrize("command", list(OUT_COMMANDS))
+def test_out_under_a_file_is_one_clear_line(command, tmp_path, scenes, capsys):
+    (tmp_path / "somefile.txt").write_text("a file, not a folder")
+    out = tmp_path / "somefile.txt" / ("model.pt2" if command == "export" else "sub")
+    argv = [a.format(img=scenes[0][0], out=out) for a in OUT_COMMANDS[command]]
+    rc, _, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, str(tmp_path / "somefile.txt"), "is a file, not a folder", "--out")
+    assert "FileExistsError" not in err and "NotADirectoryError" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["somefile.txt"]
+    assert (tmp_path / "somefile.txt").read_text() == "a file, not a folder"
+
+
+def test_out_with_a_long_name(tmp_path, scenes, capsys):
+    """A 250-character --out name works (the temporary folder's name is shortened); 300 is one line."""
+    fine = tmp_path / ("o" * 250)
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", fine, "-q")
+    assert rc == 0, err
+    assert (fine / "manifest.json").is_file()
+    too_long = tmp_path / ("o" * 300)
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", too_long)
+    assert_one_line_error(rc, err, "cannot be used", "name too long", "choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fine.name]
+
+
+def test_out_in_an_unwritable_folder_fails_before_any_work(monkeypatch, tmp_path, scenes, capsys):
+    """os.access says no (as it does for a read-only folder when not root): one line, no model loaded."""
+    import fxcam.cli.explain
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(fxcam.cli.explain, "load_model", no_work)
+    rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", locked / "new" / "out")
+    assert_one_line_error(rc, err, str(locked), "not writable", "--out")
+    assert list(locked.iterdir()) == []
+
+
+def test_out_in_a_read_only_folder(tmp_path, scenes, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("permissions are not enforced for this user (root)")
+        rc, _, err = run(capsys, "explain", scenes[0][0], "--model", "demo:cnn", "--out", locked / "out")
+        assert_one_line_error(rc, err, str(locked), "not writable")
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
 # --------------------------------------------------------------------------- export, processes
 def test_export_pt2(tmp_path, capsys):
     from fxcam import instrument
@@ -415,3 +614,40 @@ def test_console_script():
         pytest.skip("fxcam is not installed in this environment (pip install -e .)")
     proc = subprocess.run([str(script), "methods"], capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 0 and "gradcam" in proc.stdout
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_midway_exits_128_plus_signal_and_leaves_the_old_output(signum, status, tmp_path):
+    """A real process, stopped while it writes: exit 128 + the signal, one line, the old --out intact."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)).save(images / "a000.png")
+    for i in range(1, 400):  # hard links: distinct inputs, no time spent encoding them
+        os.link(images / "a000.png", images / f"a{i:03d}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the previous result")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fxcam", "explain", str(images), "--model", "demo:cnn", "--out", str(out),
+         "--overwrite", "--batch-size", "1", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.tmp-*/*_cam.npy")):  # it has started writing
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("fxcam: error: "), stderr
+    assert ("terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted") in stderr
+    assert leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "the previous result"

@@ -8,8 +8,9 @@
 
 Every bad input ends with one line on stderr (``fxcam: error: ...``) and exit status 1
 (2 for malformed arguments), and leaves no output behind: results are written to a hidden
-folder beside ``--out`` and renamed into place when complete. ``--debug`` (or
-``FXCAM_DEBUG=1``) shows the traceback instead.
+folder beside ``--out`` and renamed into place when complete. Ctrl-C (SIGINT) exits with 130
+and SIGTERM with 143 (128 + the signal), also with one line and no output left behind.
+``--debug`` (or ``FXCAM_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import FxcamError
 from . import demo, explain, export, layers, methods
 from .args import Parser, debug_options
 from .common import PROG, err, warn
+from .output import Terminated, sigterm_unwinds
 
 __all__ = ["build_parser", "main"]
 
@@ -59,10 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = show
         try:
-            return int(args.func(args) or 0)
-        except KeyboardInterrupt:
+            with sigterm_unwinds():
+                return int(args.func(args) or 0)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
             if debug:
                 raise
+            if isinstance(exc, Terminated):
+                err("terminated (SIGTERM); no output was written.")
+                return 143
             err("interrupted; no output was written.")
             return 130
         except FxcamError as exc:  # fxcam's messages and CLIError: already one clear sentence

@@ -19,7 +19,7 @@ from .. import Explainer, progress, viz
 from ..errors import FxcamError, closest
 from .args import debug_options, device_options, model_options, overlay_options, overwrite_options, progress_options
 from .common import PROG, CLIError, check_alpha, get_method, parse_size, say, table, versions, warn
-from .images import cam_to_image, check_image, find_images, read_image, unique_stems
+from .images import cam_to_image, check_image, display_image, find_images, read_image, unique_stems
 from .models import SPEC_FORMS, LoadedModel, load_model, resolve_device
 from .output import atomic_dir, check_out
 
@@ -164,7 +164,8 @@ def _explain_files(job: _Job, paths: list[Path], stems: list[str], targets: list
         cam = cam_to_image(exp.cams[j], pil.size, prepared[j][1])
         files = {"overlay": f"{stem}_overlay.png", "cam": f"{stem}_cam.npy"}
         np.save(job.tmp / files["cam"], cam.astype(np.float32))
-        viz.overlay(pil, cam, colormap=job.args.colormap, alpha=job.args.alpha).save(job.tmp / files["overlay"])
+        overlay = viz.overlay(display_image(pil), cam, colormap=job.args.colormap, alpha=job.args.alpha)
+        overlay.save(job.tmp / files["overlay"])
         explained = int(exp.class_idx[j]) if exp.class_idx is not None else None
         records.append(
             {
