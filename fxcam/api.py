@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from . import maps as _maps
 from . import methods as _methods
 from . import ops
+from .compiling import running
 from .errors import FxcamError
 from .graph import explainer_graph
 from .instrument import Compiler, Instrumented, instrument
@@ -128,7 +129,8 @@ class Explainer:
             param = next(self.model.parameters(), None)
             if param is not None and x.is_floating_point() and param.is_floating_point() and x.dtype != param.dtype:
                 x = x.to(param.dtype)
-            result = _maps.run(self.recipe, x, targets, size)
+            with running():  # no build in another thread meanwhile (torch.fx patches every module while tracing)
+                result = _maps.run(self.recipe, x, targets, size)
         if dtype is not None and result.cams.dtype != dtype:
             result.cams = result.cams.to(dtype)
             result.per_layer = {k: v.to(dtype) for k, v in result.per_layer.items()}

@@ -1,10 +1,20 @@
 """One lock for every compile, and no source cache left behind by dead graphs.
 
-torch.fx tracing patches global state (``torch.fx._symbolic_trace``'s patcher, the tracer's
-module-call wrapping), so two threads tracing at once corrupt each other and can leave the
-process unable to trace at all. Every fxcam function that builds a graph (tracing, passes,
-splits, ``make_fx``) runs inside :func:`compiling`, which holds one re-entrant lock: many
-threads may build and call explainers at once; builds take turns.
+torch.fx tracing patches global state: while a tracer runs, ``nn.Module.__call__`` and
+``__getattr__`` are replaced for every module in the process. Two threads tracing at once
+corrupt each other and can leave the process unable to trace at all, and a module *called* by
+another thread during a trace goes through the tracer's wrapper. So fxcam's graph work takes
+turns through one readers-writer lock:
+
+- every build (tracing, passes, splits, lazy driver graphs, ``make_fx``, ``torch.export``)
+  runs inside :func:`compiling`: exclusive, re-entrant;
+- every explainer call runs inside :func:`running`: shared, so calls run in parallel, and a
+  build waits until the calls in flight are done (new calls wait for a waiting build, so builds
+  are not starved). A call that needs a build (a driver method's graph, compiled on first use)
+  steps out of its shared hold for the build and back in after it.
+
+Modules you call yourself, outside fxcam, while another thread builds an explainer are not
+covered: that is torch.fx's global patching, and only a caller can avoid it.
 
 Each ``GraphModule.recompile`` stores its generated source in torch.fx's ``linecache`` loader
 (``torch.fx.graph_module._loader``), keyed by the code's file name, and never removes it: about
@@ -23,9 +33,86 @@ from collections.abc import Iterator
 
 import torch.fx as fx
 
-_LOCK = threading.RLock()
-_state = threading.local()
 _ours: set[str] = set()  # source-cache keys added by fxcam's builds
+
+
+class _BuildLock:
+    """Exclusive builds, shared runs; both re-entrant per thread, writers preferred."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._waiting_writers = 0
+        self._local = threading.local()  # .reads, .writes: this thread's holds
+
+    def _mine(self) -> tuple[int, int]:
+        return getattr(self._local, "reads", 0), getattr(self._local, "writes", 0)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        reads, writes = self._mine()
+        if writes:  # re-entrant
+            self._local.writes = writes + 1
+            try:
+                yield
+            finally:
+                self._local.writes = writes
+            return
+        with self._cond:  # step out of this thread's shared holds, then wait for the others
+            self._readers -= reads
+            self._local.reads = 0
+            self._cond.notify_all()
+            self._waiting_writers += 1
+            while self._writer is not None or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = threading.get_ident()
+        self._local.writes = 1
+        try:
+            yield
+        finally:
+            self._local.writes = 0
+            with self._cond:
+                self._writer = None
+                self._cond.notify_all()
+                if reads:  # resume this thread's shared holds, after any build that is waiting
+                    while self._writer is not None or self._waiting_writers:
+                        self._cond.wait()
+                    self._readers += reads
+            self._local.reads = reads
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        reads, writes = self._mine()
+        if reads or writes:  # nested in this thread's own hold: never wait on ourselves
+            self._local.reads = reads + 1
+            with self._cond:
+                self._readers += 1
+            try:
+                yield
+            finally:
+                with self._cond:
+                    self._readers -= 1
+                    self._cond.notify_all()
+                self._local.reads = reads
+            return
+        with self._cond:
+            while self._writer is not None or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        self._local.reads = 1
+        try:
+            yield
+        finally:
+            self._local.reads = 0
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+
+_LOCK = _BuildLock()
+_state = threading.local()
 
 
 def _loader():
@@ -60,9 +147,16 @@ def _forget_dead() -> None:
 
 
 @contextlib.contextmanager
+def running() -> Iterator[None]:
+    """Hold the lock shared while running compiled graphs (explainer calls): no build runs meanwhile."""
+    with _LOCK.read():
+        yield
+
+
+@contextlib.contextmanager
 def compiling() -> Iterator[None]:
-    """Hold the compile lock while building graphs (re-entrant); account for the source they cache."""
-    with _LOCK:
+    """Hold the lock exclusively while building graphs (re-entrant); account for the source they cache."""
+    with _LOCK.write():
         depth = getattr(_state, "depth", 0)
         loader = _loader()
         before = set(loader.eval_cache) if loader is not None and depth == 0 else None
@@ -77,4 +171,4 @@ def compiling() -> Iterator[None]:
                 _ours.update(set(loader.eval_cache) - before)
 
 
-__all__ = ["compiling"]
+__all__ = ["compiling", "running"]

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .compiling import compiling
+from .compiling import compiling, running
 from .errors import FxcamError, TraceError
 from .passes import Split, deinplace, insert_taps, split_at
 from .passes.attention import attention_nodes, explicit_attention
@@ -44,7 +44,8 @@ class Instrumented(nn.Module):
         self.splits: dict[tuple[str, ...], Split] = {}
 
     def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
-        return self.graph_module(x)
+        with running():
+            return self.graph_module(x)
 
     @property
     def split(self) -> Split:
@@ -69,14 +70,14 @@ class Instrumented(nn.Module):
         activations at the split are fresh leaves that require grad: only the suffix is
         differentiated by ``torch.autograd.grad(scores, activations)``."""
         split = self.split
-        with torch.no_grad():
+        with running(), torch.no_grad():
             values = split.prefix(x)
         at = set(split.at)
         values = [
             v.detach().requires_grad_(True) if name in at and v.is_floating_point() else v
             for name, v in zip(split.boundary, values)
         ]
-        with torch.enable_grad():
+        with running(), torch.enable_grad():
             return split.suffix(*values)
 
     def extra_repr(self) -> str:

@@ -42,6 +42,22 @@ def _descendants(graph: fx.Graph, roots: set[str]) -> set[str]:
     return out
 
 
+_INPLACE_OPERATORS = {"iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "iand", "ior", "ixor",
+                      "ilshift", "irshift", "imatmul"}
+
+
+def mutates(node: fx.Node) -> bool:
+    """Whether dead-code elimination must keep ``node`` although its result is unused: an impure node
+    (torch.fx's rule), an in-place method or function (``out.add_(x)``, ``torch.relu_``), or an
+    in-place operator (``x += y``), whose effect is on its input, not its result."""
+    if node.is_impure():
+        return True
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_OPERATORS
+
+
 def split_at(gm: fx.GraphModule, at: Iterable[str]) -> Split:
     """Split ``gm`` so that the nodes named in ``at`` (and what skips over them) form the boundary."""
     at = tuple(dict.fromkeys(at))
@@ -74,7 +90,7 @@ def split_at(gm: fx.GraphModule, at: Iterable[str]) -> Split:
     by_name = {n.name: n for n in graph.nodes}
     prefix_graph.output(tuple(env[by_name[b]] for b in boundary_names))
     prefix = fx.GraphModule(gm, prefix_graph, f"{type(gm).__name__}Prefix")
-    prefix.graph.eliminate_dead_code()
+    prefix.graph.eliminate_dead_code(is_impure_node=mutates)
     prefix = finish(prefix)
 
     # suffix: placeholders for the boundary, then every node after the split
