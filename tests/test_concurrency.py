@@ -165,7 +165,8 @@ def tiny_net() -> nn.Module:
 def after_threads(model: nn.Module, layer: str, method: str, x, targets, expected, failures: Failures) -> None:
     """The process is still sound: torch's own ``Module.__call__``, and a new explainer in the main thread works."""
     if nn.Module.__call__ is not ORIGINAL_CALL:
-        failures.add("after the threads", AssertionError("nn.Module.__call__ is not torch's own function: a tracer's wrapper was left installed"))
+        message = "nn.Module.__call__ is not torch's own function: a tracer's wrapper was left installed"
+        failures.add("after the threads", AssertionError(message))
     try:
         check_same(fxcam.Explainer(model, layer, method)(x, targets), expected, "main thread afterwards")
     except BaseException as e:  # noqa: BLE001
