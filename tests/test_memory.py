@@ -35,15 +35,15 @@ def rss() -> int:
     raise RuntimeError("no VmRSS line in /proc/self/status")
 
 
-def tiny_net() -> nn.Module:
-    """12 x (conv 3x3 - BatchNorm - ReLU(inplace=True)), 4 channels, global average pool, Linear(4, 3)."""
+def tiny_net(units: int = UNITS) -> nn.Module:
+    """``units`` x (conv 3x3 - BatchNorm - ReLU(inplace=True)), 4 channels, global average pool, Linear(4, 3)."""
 
     def unit(cin, cout):
         conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
     torch.manual_seed(0)
-    units = [unit(3 if i == 0 else 4, 4) for i in range(UNITS)]
+    units = [unit(3 if i == 0 else 4, 4) for i in range(units)]
     return nn.Sequential(*units, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
 
 
