@@ -22,7 +22,7 @@ from . import ops
 from .compiling import running
 from .errors import FxcamError
 from .graph import explainer_graph
-from .instrument import Compiler, Instrumented, instrument
+from .instrumented import Compiler, Instrumented, instrument
 from .maps import Explanation
 from .probe import Probe
 from .trace import Layer

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from . import progress as _progress
 from . import reshape as _reshape
 from .errors import FxcamError
-from .instrument import instrument
+from .instrumented import instrument
 from .ops import EPS, normalize, resize
 from .passes.classifier import last_linear
 from .trace import Layer

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from .compiling import compiling
 from .errors import FxcamError
 from .graph import ACT, CLASS_IDX, INPUT, LOGITS, META, batched, first_line
-from .instrument import Instrumented
+from .instrumented import Instrumented
 
 SUFFIXES = (".pt2", ".onnx")
 ONNX_HINT = "ONNX export needs the optional packages onnx, onnxscript and onnxruntime: pip install fxcam[onnx]"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import ops
 from . import reshape as _reshape
 from . import targets as _targets
-from .instrument import Compiler, Instrumented
+from .instrumented import Compiler, Instrumented
 from .methods import Method
 from .probe import Probe, layer_gradients
 

@@ -2,8 +2,8 @@
 
 A driver method (``fn(probe: Probe, **options) -> {layer: contributions}``) runs the compiled
 graph itself: noisy copies, masked inputs, ablated activations, other taps. Everything it may
-use is here, typed, and built from an :class:`~fxcam.instrument.Instrumented` graph, a
-:class:`~fxcam.instrument.Compiler` for the model's other graphs, the batch and its targets.
+use is here, typed, and built from an :class:`~fxcam.instrumented.Instrumented` graph, a
+:class:`~fxcam.instrumented.Compiler` for the model's other graphs, the batch and its targets.
 A method never reaches into the explainer.
 
 No call-order dependence: every value of the probe (the clean output, scores, classes and
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from . import reshape as _reshape
 from . import targets as _targets
 from .errors import FxcamError
-from .instrument import Compiler, Instrumented
+from .instrumented import Compiler, Instrumented
 from .layers import token_head
 from .passes.bias import effective_bias
 from .trace import Layer

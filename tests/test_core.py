@@ -1,8 +1,11 @@
 """instrument / Explainer: exact outputs, de-inplace, autograd scope, invariants, errors."""
 
 import copy
+import importlib
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -203,6 +206,24 @@ def test_model_is_never_modified(resnet18, images, method, untouched):
     with untouched(model, bare=True):
         fxcam.Explainer(model, ["layer3.1.bn2", "layer4"], method, aug_smooth=method == "gradcam")(images, [1, 2])
         fxcam.instrument(model, model.layer4[-1].bn2)(images)
+
+
+def test_import_is_lazy_and_every_public_name_resolves():
+    """``import fxcam`` loads no torch, torchvision, timm or onnx (PEP 562); each public name loads on use,
+    and a function is never shadowed by a submodule of the same name (``fxcam.instrument``)."""
+    code = (
+        "import sys, fxcam; print([m for m in ('torch', 'torchvision', 'timm', 'onnx', 'onnxruntime', 'tqdm') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    for name in fxcam.__all__:
+        assert getattr(fxcam, name) is not None, name
+    importlib.import_module("fxcam.instrumented")  # the module of instrument(): the attribute stays the function
+    assert callable(fxcam.instrument) and fxcam.instrument.__name__ == "instrument"
+    assert callable(fxcam.export) and fxcam.export.__module__ == "fxcam.exporter"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        fxcam.nope  # noqa: B018
 
 
 def test_no_hooks_in_the_package():
