@@ -21,7 +21,7 @@ from . import methods as _methods
 from . import ops
 from .compiling import running
 from .errors import FxcamError
-from .graph import explainer_graph
+from .graph import batched, explainer_graph
 from .instrumented import Compiler, Instrumented, instrument
 from .maps import Explanation
 from .probe import Probe
@@ -85,7 +85,8 @@ class Explainer:
             layers = default_layers(model)
         self.model = model
         self.instrumented = instrument(model, layers, leaf_modules=leaf_modules)
-        self.compiler = Compiler(model, leaf_modules)  # the model's other graphs, for driver methods
+        # the model's other graphs, for driver methods (FullGrad reads its leaf modules off this graph)
+        self.compiler = Compiler(model, leaf_modules, traced=self.instrumented.graph_module)
         self.layers = self.instrumented.layers
         self.reshape = reshape
         self.fuse = fuse
@@ -139,8 +140,7 @@ class Explainer:
 
     def _check_input(self, x: Any) -> torch.dtype | None:
         """Raise for what is not a batch of finite images; the dtype the maps are returned in."""
-        conv2d = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
-        if not isinstance(x, Tensor) or x.ndim < 3 or (x.ndim == 3 and conv2d):
+        if not isinstance(x, Tensor) or not batched(self.model, x):
             raise FxcamError(
                 f"x must be a batched image tensor (N, C, H, W); got "
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}. Add a batch dim with x[None]."

@@ -29,7 +29,8 @@ from __future__ import annotations
 import contextlib
 import linecache
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch.fx as fx
 
@@ -171,4 +172,17 @@ def compiling() -> Iterator[None]:
                 _ours.update(set(loader.eval_cache) - before)
 
 
-__all__ = ["compiling", "running"]
+def built_once(cache: dict[Any, Any], key: Any, build: Callable[[], Any]) -> Any:
+    """``cache[key]``, built by ``build()`` under :func:`compiling` the first time only.
+
+    The lookup of a value already built takes no lock: explainer calls (the hot path) read
+    their lazily built graphs (splits, driver graphs) without stepping out of their shared hold."""
+    if key in cache:
+        return cache[key]
+    with compiling():
+        if key not in cache:  # another thread may have built it while this one waited
+            cache[key] = build()
+        return cache[key]
+
+
+__all__ = ["compiling", "running", "built_once"]

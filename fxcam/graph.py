@@ -219,7 +219,8 @@ def example_input_for(model: nn.Module, example_input: Tensor | None) -> Tensor:
 
 
 def batched(model: nn.Module, x: Tensor) -> bool:
-    """``(N, C, *S)``: at least 3 dims, and 4 for a model with 2-D convolutions (as ``Explainer.explain`` checks)."""
+    """``(N, C, *S)``: at least 3 dims, and 4 for a model with 2-D convolutions (the one rule for explainer,
+    graph and export inputs)."""
     return x.ndim >= 4 or (x.ndim == 3 and not any(isinstance(m, nn.Conv2d) for m in model.modules()))
 
 

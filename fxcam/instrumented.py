@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .compiling import compiling, running
+from .compiling import built_once, compiling, running
 from .errors import FxcamError, TraceError
 from .passes import Split, deinplace, insert_taps, split_at
 from .passes.attention import attention_nodes, explicit_attention
@@ -62,10 +62,7 @@ class Instrumented(nn.Module):
         return self._split_at((layer,))
 
     def _split_at(self, layers: tuple[str, ...]) -> Split:
-        with compiling():
-            if layers not in self.splits:
-                self.splits[layers] = split_at(self.graph_module, [self.nodes[k] for k in layers])
-            return self.splits[layers]
+        return built_once(self.splits, layers, lambda: split_at(self.graph_module, [self.nodes[k] for k in layers]))
 
     def forward_for_grad(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         """Like ``forward``, but the prefix runs without recording autograd history and the
@@ -156,27 +153,27 @@ class Compiler:
     never modified.
     """
 
-    def __init__(self, model: nn.Module, leaf_modules: Sequence[type] = ()) -> None:
+    def __init__(
+        self, model: nn.Module, leaf_modules: Sequence[type] = (), traced: fx.GraphModule | None = None
+    ) -> None:
         self.model = model
         self.leaf_modules = tuple(leaf_modules)
+        self.traced = traced  # a graph of the model already traced with these leaves (the explainer's), if any
         self.graphs: dict[tuple, Any] = {}
 
     @property
     def eval_model(self) -> nn.Module:
         """An eval-mode copy of the model sharing its parameters (:func:`fxcam.trace.eval_copy`), built once:
         for the Python parts of driver methods that call model modules directly (LeGrad's head)."""
-        with compiling():
-            if ("eval",) not in self.graphs:
-                self.graphs[("eval",)] = eval_copy(self.model)
-            return self.graphs[("eval",)]
+        return built_once(self.graphs, ("eval",), lambda: eval_copy(self.model))
 
     def at(self, layers: Iterable[Layer], trace_into: Sequence[type] = ()) -> Instrumented:
         """The model compiled with taps at ``layers`` (``trace_into``: default leaf types to trace through)."""
         key = ("at", tuple(layers), tuple(trace_into))
-        with compiling():
-            if key not in self.graphs:
-                self.graphs[key] = instrument(self.model, list(key[1]), leaf_modules=self.leaf_modules, trace_into=key[2])
-            return self.graphs[key]
+        def build() -> Instrumented:
+            return instrument(self.model, list(key[1]), leaf_modules=self.leaf_modules, trace_into=key[2])
+
+        return built_once(self.graphs, key, build)
 
     def bias(self) -> tuple[Instrumented, list[BiasLayer]]:
         """FullGrad's graph: every biased convolution and BatchNorm tapped.
@@ -184,14 +181,11 @@ class Compiler:
         torchvision's default leaf modules that hide bias layers (``Conv2dNormActivation``,
         ``SqueezeExcitation`` in EfficientNet/MobileNet) are traced into; bias layers inside the
         user's or timm's leaf modules stay hidden (a warning counts them)."""
-        with compiling():
-            if ("bias",) not in self.graphs:
-                self.graphs[("bias",)] = self._bias()
-            return self.graphs[("bias",)]
+        return built_once(self.graphs, ("bias",), self._bias)
 
     def _bias(self) -> tuple[Instrumented, list[BiasLayer]]:
         leaves = self.leaf_modules
-        gm = trace(self.model, leaf_modules=leaves).graph_module
+        gm = self.traced if self.traced is not None else trace(self.model, leaf_modules=leaves).graph_module
         into = tuple(
             t for t in hidden_bias_layers(gm) if t in torchvision_leaf_modules() and not issubclass(t, leaves)
         )
@@ -217,10 +211,9 @@ class Compiler:
 
     def attention(self) -> tuple[Instrumented, dict[str, str | None]]:
         """The model with explicit attention, its probabilities tapped (see :func:`instrument_attention`)."""
-        with compiling():
-            if ("attention",) not in self.graphs:
-                self.graphs[("attention",)] = instrument_attention(self.model, leaf_modules=self.leaf_modules)
-            return self.graphs[("attention",)]
+        return built_once(
+            self.graphs, ("attention",), lambda: instrument_attention(self.model, leaf_modules=self.leaf_modules)
+        )
 
 
 __all__ = ["Instrumented", "instrument", "instrument_attention", "Compiler"]

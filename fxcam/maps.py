@@ -74,8 +74,7 @@ class Explanation:
 
 def resolve_reshapes(recipe: Recipe, raw: dict[str, Tensor], x: Tensor) -> dict[str, Callable[[Tensor], Tensor]]:
     """``{layer: raw activation -> (N, C, *S)}`` for batch ``x`` (see :func:`fxcam.reshape.resolve`)."""
-    size = tuple(x.shape[2:])
-    return {k: _reshape.resolve(recipe.reshape, recipe.model, k, v, size) for k, v in raw.items()}
+    return _reshape.resolve_all(recipe.reshape, recipe.model, raw, tuple(x.shape[2:]))
 
 
 def contributions(

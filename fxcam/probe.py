@@ -128,7 +128,7 @@ class Probe:
         """The reshapes of activations ``raw`` of batch ``x``, resolved once per input size."""
         size = tuple(x.shape[2:])
         if size not in self._reshapes:
-            self._reshapes[size] = {k: _reshape.resolve(self.reshape, self.model, k, v, size) for k, v in raw.items()}
+            self._reshapes[size] = _reshape.resolve_all(self.reshape, self.model, raw, size)
         return self._reshapes[size]
 
     def clean_split_pass(self, layer: str) -> list[Any]:

@@ -362,4 +362,11 @@ def resolve(spec, model: nn.Module, layer: str, act: Tensor, input_size: tuple[i
     )
 
 
-__all__ = ["Family", "Reshape", "family", "nchw", "patch_grid", "prefix_tokens", "resolve", "swin", "vit"]
+def resolve_all(spec, model: nn.Module, raw: dict[str, Tensor], input_size: tuple[int, ...]) -> dict[str, Reshape]:
+    """:func:`resolve` for every layer of ``{layer: raw activation}``: ``{layer: transform}``."""
+    return {k: resolve(spec, model, k, v, input_size) for k, v in raw.items()}
+
+
+__all__ = [
+    "Family", "Reshape", "family", "nchw", "patch_grid", "prefix_tokens", "resolve", "resolve_all", "swin", "vit"
+]
